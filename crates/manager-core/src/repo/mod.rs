@@ -1,0 +1,6 @@
+//! Repositories: SQL only, one module per table family.
+
+pub mod api_keys;
+pub mod apps;
+pub mod kv;
+pub mod scripts;

@@ -1,0 +1,112 @@
+//! `KvService` over PostgreSQL.
+
+use crate::{error::ManagerError, repo};
+use async_trait::async_trait;
+use picloud_shared::{
+    ids::AppId,
+    kv::{KvPage, KvService, KV_LIST_MAX},
+    names::{validate_dotted_name, validate_kv_key},
+    ServiceError,
+};
+use serde_json::Value;
+use sqlx::PgPool;
+
+/// Default cap on a stored value's serialised JSON size (1 MiB).
+pub const DEFAULT_KV_MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// kv storage in the `kv_entries` table.
+#[derive(Clone)]
+pub struct KvServiceImpl {
+    pool: PgPool,
+    max_value_bytes: usize,
+}
+
+impl KvServiceImpl {
+    /// A service over `pool` capping values at `max_value_bytes`.
+    pub fn new(pool: PgPool, max_value_bytes: usize) -> Self {
+        Self {
+            pool,
+            max_value_bytes,
+        }
+    }
+}
+
+fn db_error(e: sqlx::Error) -> ServiceError {
+    // PostgreSQL's jsonb cannot hold a NUL character (SQLSTATE 22P05).
+    if matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("22P05")) {
+        return ServiceError::InvalidArgument("kv values cannot contain the NUL character".into());
+    }
+    ManagerError::Database(e).into()
+}
+
+#[async_trait]
+impl KvService for KvServiceImpl {
+    async fn set(
+        &self,
+        app: AppId,
+        collection: &str,
+        key: &str,
+        value: Value,
+    ) -> Result<(), ServiceError> {
+        validate_dotted_name("collection", collection)?;
+        validate_kv_key(key)?;
+        let size = serde_json::to_vec(&value)
+            .map_err(|_| ServiceError::InvalidArgument("value is not serialisable as JSON".into()))?
+            .len();
+        if size > self.max_value_bytes {
+            return Err(ServiceError::TooLarge {
+                limit: self.max_value_bytes,
+                actual: size,
+            });
+        }
+        repo::kv::upsert(&self.pool, app, collection, key, &value)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn get(
+        &self,
+        app: AppId,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Value>, ServiceError> {
+        validate_dotted_name("collection", collection)?;
+        validate_kv_key(key)?;
+        repo::kv::get(&self.pool, app, collection, key)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn delete(&self, app: AppId, collection: &str, key: &str) -> Result<bool, ServiceError> {
+        validate_dotted_name("collection", collection)?;
+        validate_kv_key(key)?;
+        repo::kv::delete(&self.pool, app, collection, key)
+            .await
+            .map(|old| old.is_some())
+            .map_err(db_error)
+    }
+
+    async fn list_page(
+        &self,
+        app: AppId,
+        collection: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KvPage, ServiceError> {
+        validate_dotted_name("collection", collection)?;
+        let limit = limit.clamp(1, KV_LIST_MAX);
+        // One extra row tells whether another page exists.
+        let mut keys =
+            repo::kv::list_keys(&self.pool, app, collection, prefix, after, limit as i64 + 1)
+                .await
+                .map_err(db_error)?;
+        let next = if keys.len() > limit {
+            keys.truncate(limit);
+            keys.last().cloned()
+        } else {
+            None
+        };
+        Ok(KvPage { keys, next })
+    }
+}

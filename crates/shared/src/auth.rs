@@ -1,0 +1,160 @@
+//! Scopes, capabilities and the one table that maps a capability to its scope.
+//!
+//! Endpoints never name scopes directly: each declares the `Capability` it
+//! needs, and `Capability::required_scope` is the single place that decides
+//! which scope grants it. A new feature adds capabilities, never scopes.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// One of exactly seven scopes an API key can hold. `Admin` implies all others.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+pub enum Scope {
+    #[serde(rename = "admin")]
+    Admin,
+    #[serde(rename = "app:read")]
+    AppRead,
+    #[serde(rename = "app:write")]
+    AppWrite,
+    #[serde(rename = "script:read")]
+    ScriptRead,
+    #[serde(rename = "script:write")]
+    ScriptWrite,
+    #[serde(rename = "data:read")]
+    DataRead,
+    #[serde(rename = "data:write")]
+    DataWrite,
+}
+
+impl Scope {
+    /// Every scope, in a stable order.
+    pub const ALL: [Scope; 7] = [
+        Scope::Admin,
+        Scope::AppRead,
+        Scope::AppWrite,
+        Scope::ScriptRead,
+        Scope::ScriptWrite,
+        Scope::DataRead,
+        Scope::DataWrite,
+    ];
+
+    /// The wire name, e.g. `app:read`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Admin => "admin",
+            Scope::AppRead => "app:read",
+            Scope::AppWrite => "app:write",
+            Scope::ScriptRead => "script:read",
+            Scope::ScriptWrite => "script:write",
+            Scope::DataRead => "data:read",
+            Scope::DataWrite => "data:write",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error for a string that names no scope.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown scope (expected one of admin, app:read, app:write, script:read, script:write, data:read, data:write)")]
+pub struct UnknownScope;
+
+impl FromStr for Scope {
+    type Err = UnknownScope;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Scope::ALL
+            .into_iter()
+            .find(|scope| scope.as_str() == s)
+            .ok_or(UnknownScope)
+    }
+}
+
+/// Something a caller may do. Every HTTP endpoint requires exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Capability {
+    AppsRead,
+    AppsWrite,
+    ScriptsRead,
+    ScriptsWrite,
+    ApiKeysManage,
+    ScriptInvoke,
+}
+
+impl Capability {
+    /// The one capability → scope table.
+    pub fn required_scope(self) -> Scope {
+        match self {
+            Capability::AppsRead => Scope::AppRead,
+            Capability::AppsWrite => Scope::AppWrite,
+            Capability::ScriptsRead => Scope::ScriptRead,
+            Capability::ScriptsWrite => Scope::ScriptWrite,
+            Capability::ApiKeysManage => Scope::Admin,
+            Capability::ScriptInvoke => Scope::DataWrite,
+        }
+    }
+}
+
+/// True when a key holding `scopes` may exercise `capability`.
+pub fn scopes_allow(scopes: &[Scope], capability: Capability) -> bool {
+    let needed = capability.required_scope();
+    scopes.iter().any(|s| *s == Scope::Admin || *s == needed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_names_round_trip() {
+        for scope in Scope::ALL {
+            assert_eq!(scope.as_str().parse::<Scope>(), Ok(scope));
+            let json = serde_json::to_string(&scope).unwrap();
+            assert_eq!(json, format!("\"{}\"", scope.as_str()));
+        }
+        assert_eq!("root".parse::<Scope>(), Err(UnknownScope));
+    }
+
+    #[test]
+    fn admin_implies_every_capability() {
+        for cap in [
+            Capability::AppsRead,
+            Capability::AppsWrite,
+            Capability::ScriptsRead,
+            Capability::ScriptsWrite,
+            Capability::ApiKeysManage,
+            Capability::ScriptInvoke,
+        ] {
+            assert!(scopes_allow(&[Scope::Admin], cap));
+        }
+    }
+
+    #[test]
+    fn a_scope_grants_only_its_capabilities() {
+        assert!(scopes_allow(&[Scope::AppRead], Capability::AppsRead));
+        assert!(!scopes_allow(&[Scope::AppRead], Capability::AppsWrite));
+        assert!(!scopes_allow(&[Scope::DataRead], Capability::ScriptInvoke));
+        assert!(!scopes_allow(
+            &[Scope::ScriptWrite],
+            Capability::ApiKeysManage
+        ));
+        assert!(!scopes_allow(&[], Capability::AppsRead));
+    }
+}

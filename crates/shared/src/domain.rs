@@ -1,0 +1,69 @@
+//! Domain records the admin API returns: apps, scripts, API keys.
+
+use crate::{
+    auth::Scope,
+    ids::{ApiKeyId, AppId, ScriptId},
+};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// An app: the unit of isolation for scripts and data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct App {
+    #[schema(value_type = uuid::Uuid)]
+    pub id: AppId,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A script's metadata, as lists return it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Script {
+    #[schema(value_type = uuid::Uuid)]
+    pub id: ScriptId,
+    #[schema(value_type = uuid::Uuid)]
+    pub app_id: AppId,
+    pub name: String,
+    pub public: bool,
+    /// Starts at 1 and grows by one on every update.
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A script with its source, as a single `GET` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ScriptWithSource {
+    #[serde(flatten)]
+    pub script: Script,
+    pub source: String,
+}
+
+/// An API key's public record; the key itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ApiKeyInfo {
+    #[schema(value_type = uuid::Uuid)]
+    pub id: ApiKeyId,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// The create response: the only time the key is shown.
+#[derive(Clone, Serialize, ToSchema)]
+pub struct CreatedApiKey {
+    #[serde(flatten)]
+    pub info: ApiKeyInfo,
+    pub key: String,
+}
+
+impl std::fmt::Debug for CreatedApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedApiKey")
+            .field("info", &self.info)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}

@@ -1,0 +1,16 @@
+//! picloud-shared: the vocabulary every picloud layer speaks.
+//!
+//! Ids, scopes and capabilities, the service error, name validation and the
+//! service traits (`KvService`, ...) that `executor-core` calls and
+//! `manager-core` implements. Nothing here touches PostgreSQL, HTTP or Rhai,
+//! so every layer can depend on it and tests can fake the traits.
+
+pub mod auth;
+pub mod domain;
+pub mod error;
+pub mod ids;
+pub mod kv;
+pub mod names;
+pub mod script;
+
+pub use error::ServiceError;
