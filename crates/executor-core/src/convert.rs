@@ -1,0 +1,203 @@
+//! Conversions between JSON and Rhai values, at the edges of a run and of
+//! every SDK call.
+//!
+//! Walked by hand rather than through serde so that each failure names the
+//! offending type and where it sits (`.items[3]`), never the value itself.
+//! JSON → Rhai: `null` → `()`, integers that fit `i64` → `INT`, other numbers
+//! → `FLOAT`. Rhai → JSON: `()` → `null`, `INT`/`FLOAT` → numbers (NaN and
+//! infinities refused), chars → strings, BLOBs → arrays of bytes; function
+//! pointers, timestamps and custom types are refused.
+
+use rhai::{Array, Dynamic, Map};
+use serde_json::{Map as JsonMap, Number, Value};
+
+/// Deepest nesting of arrays and maps a Rhai value may have to become JSON
+/// (serde_json's own parse limit), so the walk's recursion stays bounded.
+pub(crate) const MAX_JSON_DEPTH: usize = 128;
+
+/// Why a Rhai value has no JSON form, and where in the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NotJson {
+    reason: String,
+    /// Path segments, innermost first (pushed while unwinding).
+    path: Vec<String>,
+}
+
+impl NotJson {
+    fn new(reason: String) -> Self {
+        Self {
+            reason,
+            path: Vec::new(),
+        }
+    }
+
+    fn within(mut self, segment: String) -> Self {
+        self.path.push(segment);
+        self
+    }
+}
+
+impl NotJson {
+    /// The reason, starting from `root`: "value[1].f is a function pointer, ...".
+    pub(crate) fn describe(&self, root: &str) -> String {
+        let mut out = String::from(root);
+        for segment in self.path.iter().rev() {
+            out.push_str(segment);
+        }
+        out.push(' ');
+        out.push_str(&self.reason);
+        out
+    }
+}
+
+/// Converts a JSON value into a Rhai value, consuming it.
+pub(crate) fn json_to_dynamic(value: Value) -> Dynamic {
+    match value {
+        Value::Null => Dynamic::UNIT,
+        Value::Bool(b) => Dynamic::from_bool(b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Dynamic::from_int(i),
+            None => Dynamic::from_float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Dynamic::from(s),
+        Value::Array(items) => {
+            Dynamic::from_array(items.into_iter().map(json_to_dynamic).collect::<Array>())
+        }
+        Value::Object(fields) => Dynamic::from_map(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k.into(), json_to_dynamic(v)))
+                .collect::<Map>(),
+        ),
+    }
+}
+
+/// Converts a Rhai value into JSON, or says why it has none.
+pub(crate) fn dynamic_to_json(value: &Dynamic) -> Result<Value, NotJson> {
+    to_json(value, 0)
+}
+
+fn to_json(value: &Dynamic, depth: usize) -> Result<Value, NotJson> {
+    if value.is_shared() {
+        return to_json(&value.flatten_clone(), depth);
+    }
+    if value.is_unit() {
+        return Ok(Value::Null);
+    }
+    if let Ok(b) = value.as_bool() {
+        return Ok(Value::Bool(b));
+    }
+    if let Ok(i) = value.as_int() {
+        return Ok(Value::Number(i.into()));
+    }
+    if let Ok(f) = value.as_float() {
+        return Number::from_f64(f)
+            .map(Value::Number)
+            .ok_or_else(|| NotJson::new(format!("is the float {f}, which JSON cannot represent")));
+    }
+    if let Ok(c) = value.as_char() {
+        return Ok(Value::String(c.to_string()));
+    }
+    if let Ok(s) = value.as_immutable_string_ref() {
+        return Ok(Value::String(s.as_str().to_owned()));
+    }
+    if depth >= MAX_JSON_DEPTH {
+        return Err(NotJson::new(format!(
+            "nests deeper than {MAX_JSON_DEPTH} levels"
+        )));
+    }
+    if let Ok(items) = value.as_array_ref() {
+        return items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| to_json(item, depth + 1).map_err(|e| e.within(format!("[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array);
+    }
+    if let Ok(map) = value.as_map_ref() {
+        let mut out = JsonMap::with_capacity(map.len());
+        for (key, item) in map.iter() {
+            let json = to_json(item, depth + 1).map_err(|e| e.within(key_segment(key)))?;
+            out.insert(key.to_string(), json);
+        }
+        return Ok(Value::Object(out));
+    }
+    if let Ok(blob) = value.as_blob_ref() {
+        return Ok(Value::Array(
+            blob.iter().map(|b| Value::Number((*b).into())).collect(),
+        ));
+    }
+    let what = if value.is_fnptr() {
+        "a function pointer".to_string()
+    } else if value.is_timestamp() {
+        "a timestamp".to_string()
+    } else {
+        format!("a value of type {}", value.type_name())
+    };
+    Err(NotJson::new(format!("is {what}, which has no JSON form")))
+}
+
+/// `.key` for a path, cut to 64 characters so a huge key cannot bloat a message.
+fn key_segment(key: &str) -> String {
+    const MAX: usize = 64;
+    let mut segment = String::with_capacity(key.len().min(MAX) + 4);
+    segment.push('.');
+    segment.extend(key.chars().take(MAX));
+    if key.chars().nth(MAX).is_some() {
+        segment.push('…');
+    }
+    segment
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_round_trips_through_rhai() {
+        let value = json!({
+            "n": 1, "neg": -7, "f": 1.5, "big": 18446744073709551615u64, "s": "ü",
+            "t": true, "z": null, "a": [1, [2, {"b": []}]], "o": {}
+        });
+        let back = dynamic_to_json(&json_to_dynamic(value.clone())).unwrap();
+        assert_eq!(back["big"], json!(18446744073709551615f64));
+        let mut expected = value;
+        expected["big"] = json!(18446744073709551615f64);
+        assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn non_json_values_are_refused_with_a_path() {
+        let mut inner = Map::new();
+        inner.insert("f".into(), Dynamic::from_float(f64::NAN));
+        let value = Dynamic::from_array(vec![Dynamic::from_int(1), Dynamic::from_map(inner)]);
+        let err = dynamic_to_json(&value).unwrap_err();
+        assert_eq!(
+            err.describe("value"),
+            "value[1].f is the float NaN, which JSON cannot represent"
+        );
+    }
+
+    #[test]
+    fn chars_and_blobs_convert() {
+        assert_eq!(
+            dynamic_to_json(&Dynamic::from_char('x')).unwrap(),
+            json!("x")
+        );
+        assert_eq!(
+            dynamic_to_json(&Dynamic::from_blob(vec![1, 255])).unwrap(),
+            json!([1, 255])
+        );
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let mut value = Dynamic::UNIT;
+        for _ in 0..=MAX_JSON_DEPTH {
+            value = Dynamic::from_array(vec![value]);
+        }
+        let err = dynamic_to_json(&value).unwrap_err();
+        assert!(err.describe("v").contains("nests deeper than 128 levels"));
+    }
+}

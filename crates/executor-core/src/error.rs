@@ -1,0 +1,230 @@
+//! How a failed run is reported: [`RunError`], and the one mapping from Rhai's
+//! errors to it.
+//!
+//! Messages are single lines built from our own words, the thrown value and a
+//! position; Rhai's multi-line call traces and Rust debug output never reach
+//! a caller.
+
+use crate::SandboxLimits;
+use picloud_shared::script::CompileError;
+use rhai::{Dynamic, EvalAltResult, ParseError, Position};
+
+/// Longest message a [`RunError`] carries, in characters; longer ones are cut.
+const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// Why a script run failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    /// The script did not compile, threw, or failed at run time.
+    #[error("{message}")]
+    Script {
+        /// One line, with the position when known.
+        message: String,
+    },
+    /// The sandbox stopped the script.
+    #[error("{message}")]
+    Limit {
+        /// The limit that was hit: `max_operations`, `timeout`, `max_call_depth`,
+        /// `max_string_bytes`, `max_array_items` or `max_map_items`.
+        limit: &'static str,
+        /// One line naming the limit and its configured value.
+        message: String,
+    },
+}
+
+impl RunError {
+    /// The API error code: `script_error` or `script_limit`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunError::Script { .. } => "script_error",
+            RunError::Limit { .. } => "script_limit",
+        }
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        match self {
+            RunError::Script { message } | RunError::Limit { message, .. } => message,
+        }
+    }
+
+    /// The limit that stopped the script, if one did.
+    pub fn limit(&self) -> Option<&'static str> {
+        match self {
+            RunError::Script { .. } => None,
+            RunError::Limit { limit, .. } => Some(limit),
+        }
+    }
+
+    /// A script error: `body`, made one bounded line, then the position.
+    pub(crate) fn script_at(body: String, pos: Position) -> Self {
+        RunError::Script {
+            message: format!("{}{}", one_line(body), at(pos)),
+        }
+    }
+
+    /// Classifies an error a run ended with.
+    pub(crate) fn from_eval(err: EvalAltResult, limits: &SandboxLimits) -> Self {
+        let mut err = innermost(err);
+        let pos = err.position();
+        let limit = |limit: &'static str, message: String| RunError::Limit { limit, message };
+        match &err {
+            EvalAltResult::ErrorTooManyOperations(_) => limit(
+                "max_operations",
+                format!(
+                    "script exceeded the limit of {} operations{}",
+                    limits.max_operations,
+                    at(pos)
+                ),
+            ),
+            EvalAltResult::ErrorTerminated(..) => limit(
+                "timeout",
+                format!(
+                    "script exceeded the wall-clock timeout of {} ms",
+                    limits.timeout.as_millis()
+                ),
+            ),
+            EvalAltResult::ErrorStackOverflow(_) => limit(
+                "max_call_depth",
+                format!(
+                    "script exceeded the maximum call depth of {}{}",
+                    limits.max_call_depth,
+                    at(pos)
+                ),
+            ),
+            EvalAltResult::ErrorDataTooLarge(what, _) => {
+                let what = what.to_ascii_lowercase();
+                if what.contains("string") {
+                    limit(
+                        "max_string_bytes",
+                        format!(
+                            "a string exceeded the limit of {} bytes{}",
+                            limits.max_string_bytes,
+                            at(pos)
+                        ),
+                    )
+                } else if what.contains("map") {
+                    limit(
+                        "max_map_items",
+                        format!(
+                            "an object map exceeded the limit of {} entries{}",
+                            limits.max_map_items,
+                            at(pos)
+                        ),
+                    )
+                } else {
+                    limit(
+                        "max_array_items",
+                        format!(
+                            "an array exceeded the limit of {} items{}",
+                            limits.max_array_items,
+                            at(pos)
+                        ),
+                    )
+                }
+            }
+            EvalAltResult::ErrorRuntime(value, _) => {
+                RunError::script_at(thrown_message(value), pos)
+            }
+            EvalAltResult::ErrorParsing(parse, _) => {
+                RunError::script_at(format!("syntax error: {parse}"), pos)
+            }
+            _ => {
+                err.clear_position();
+                RunError::script_at(err.to_string(), pos)
+            }
+        }
+    }
+}
+
+/// The error inside any "in call to function" / "in module" wrappers: it has
+/// the precise position and a one-line message.
+fn innermost(err: EvalAltResult) -> EvalAltResult {
+    match err {
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+        | EvalAltResult::ErrorInModule(_, inner, _) => innermost(*inner),
+        other => other,
+    }
+}
+
+/// A compile failure as the shared [`CompileError`], position included.
+pub(crate) fn compile_error(err: &ParseError) -> CompileError {
+    let pos = err.position();
+    CompileError {
+        message: one_line(err.err_type().to_string()),
+        line: pos.line().unwrap_or(0),
+        column: pos.position().unwrap_or(0),
+    }
+}
+
+/// A compile failure met while running: a script error with the position in its message.
+pub(crate) fn compile_run_error(err: &ParseError) -> RunError {
+    RunError::script_at(format!("syntax error: {}", err.err_type()), err.position())
+}
+
+/// `" (line L, column C)"`, or nothing when the position is unknown.
+fn at(pos: Position) -> String {
+    match (pos.line(), pos.position()) {
+        (Some(line), Some(column)) => format!(" (line {line}, column {column})"),
+        (Some(line), None) => format!(" (line {line})"),
+        _ => String::new(),
+    }
+}
+
+/// The message of a thrown value: `"<kind>: <message>"` for an SDK-style error map.
+fn thrown_message(value: &Dynamic) -> String {
+    if let Ok(map) = value.as_map_ref() {
+        if let (Some(kind), Some(message)) = (map.get("kind"), map.get("message")) {
+            return format!("{kind}: {message}");
+        }
+    }
+    if value.is_unit() {
+        return "script threw ()".to_string();
+    }
+    value.to_string()
+}
+
+/// Control characters become spaces and the text is cut to [`MAX_MESSAGE_CHARS`].
+fn one_line(message: String) -> String {
+    let needs_work = message.len() > MAX_MESSAGE_CHARS || message.chars().any(char::is_control);
+    if !needs_work {
+        return message;
+    }
+    let mut out: String = message
+        .chars()
+        .take(MAX_MESSAGE_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if message.chars().nth(MAX_MESSAGE_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_one_line_and_bounded() {
+        assert_eq!(one_line("a\nb\tc".into()), "a b c");
+        let long = one_line("x".repeat(5000));
+        assert_eq!(long.chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert!(long.ends_with('…'));
+    }
+
+    #[test]
+    fn error_kinds() {
+        let script = RunError::script_at("x\ny".into(), Position::new(2, 3));
+        assert_eq!(script.kind(), "script_error");
+        assert_eq!(script.message(), "x y (line 2, column 3)");
+        assert_eq!(script.limit(), None);
+        let limit = RunError::Limit {
+            limit: "timeout",
+            message: "m".into(),
+        };
+        assert_eq!(limit.kind(), "script_limit");
+        assert_eq!(limit.limit(), Some("timeout"));
+        assert_eq!(limit.to_string(), "m");
+    }
+}

@@ -1,0 +1,155 @@
+//! The SDK modules scripts call (`kv::`, `log::`): thin bridges that convert
+//! Rhai values to domain arguments, call a service trait and convert back.
+//!
+//! Rules every bridge keeps:
+//! - the app id comes from the current run (see `run_state`), never from an
+//!   argument;
+//! - an SDK call takes effect when it returns: a script that throws later
+//!   keeps its earlier writes, as in Cloudflare Workers;
+//! - each async service call runs with `Handle::block_on` under its own
+//!   timeout (`on_progress` cannot interrupt a native call), shortened to
+//!   what is left of the run's wall-clock budget;
+//! - failures are catchable Rhai exceptions whose value is `#{kind, message}`,
+//!   built in exactly one place: [`service_error_to_exception`].
+
+pub(crate) mod kv;
+pub(crate) mod log;
+
+use crate::convert::{dynamic_to_json, NotJson};
+use crate::run_state::{self, RunState};
+use crate::Services;
+use picloud_shared::ServiceError;
+use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, Position, INT};
+use std::future::Future;
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+
+/// What the SDK bridges share for the executor's lifetime.
+pub(crate) struct SdkEnv {
+    pub services: Services,
+    pub runtime: Handle,
+    pub sdk_timeout: Duration,
+}
+
+/// A Rhai native-function result.
+pub(crate) type SdkResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// The one conversion of a [`ServiceError`] into a catchable Rhai exception:
+/// `throw #{kind, message}` at `pos`.
+pub fn service_error_to_exception(err: &ServiceError, pos: Position) -> Box<EvalAltResult> {
+    let mut map = Map::new();
+    map.insert("kind".into(), err.kind().into());
+    map.insert("message".into(), err.to_string().into());
+    Box::new(EvalAltResult::ErrorRuntime(map.into(), pos))
+}
+
+/// An `invalid_argument` exception.
+pub(crate) fn invalid_argument(message: String, pos: Position) -> Box<EvalAltResult> {
+    service_error_to_exception(&ServiceError::InvalidArgument(message), pos)
+}
+
+/// The uncatchable error that ends a run whose wall-clock budget is spent.
+fn out_of_time(pos: Position) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorTerminated("timeout".into(), pos))
+}
+
+/// The current run, or `unavailable` when called outside one.
+pub(crate) fn current_run(pos: Position) -> SdkResult<RunState> {
+    run_state::with_current(RunState::clone).ok_or_else(|| {
+        service_error_to_exception(
+            &ServiceError::Unavailable("SDK called outside a script run".into()),
+            pos,
+        )
+    })
+}
+
+/// Runs one async service call to completion on the executor's runtime,
+/// under the SDK timeout and the run's deadline.
+pub(crate) fn block_on<T>(
+    env: &SdkEnv,
+    run: &RunState,
+    pos: Position,
+    what: &str,
+    call: impl Future<Output = Result<T, ServiceError>>,
+) -> SdkResult<T> {
+    let remaining = match run.deadline {
+        Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+        None => Duration::MAX,
+    };
+    if remaining.is_zero() {
+        return Err(out_of_time(pos));
+    }
+    let wait = env.sdk_timeout.min(remaining);
+    // The timer is created inside `block_on`, where the runtime's time driver is in context.
+    match env
+        .runtime
+        .block_on(async { tokio::time::timeout(wait, call).await })
+    {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(service_error_to_exception(&err, pos)),
+        Err(_) if wait < env.sdk_timeout => Err(out_of_time(pos)),
+        Err(_) => Err(service_error_to_exception(
+            &ServiceError::Unavailable(format!(
+                "{what} timed out after {} ms",
+                env.sdk_timeout.as_millis()
+            )),
+            pos,
+        )),
+    }
+}
+
+/// A required string argument.
+pub(crate) fn string_arg(
+    func: &str,
+    name: &str,
+    value: Dynamic,
+    pos: Position,
+) -> SdkResult<ImmutableString> {
+    let type_name = value.type_name();
+    value.into_immutable_string().map_err(|_| {
+        invalid_argument(
+            format!("{func}: {name} must be a string, got {type_name}"),
+            pos,
+        )
+    })
+}
+
+/// A string argument that may be `()`.
+pub(crate) fn optional_string_arg(
+    func: &str,
+    name: &str,
+    value: Dynamic,
+    pos: Position,
+) -> SdkResult<Option<ImmutableString>> {
+    if value.is_unit() {
+        return Ok(None);
+    }
+    let type_name = value.type_name();
+    value.into_immutable_string().map(Some).map_err(|_| {
+        invalid_argument(
+            format!("{func}: {name} must be a string or (), got {type_name}"),
+            pos,
+        )
+    })
+}
+
+/// An integer argument.
+pub(crate) fn int_arg(func: &str, name: &str, value: &Dynamic, pos: Position) -> SdkResult<INT> {
+    value.as_int().map_err(|type_name| {
+        invalid_argument(
+            format!("{func}: {name} must be an integer, got {type_name}"),
+            pos,
+        )
+    })
+}
+
+/// A value argument that must have a JSON form.
+pub(crate) fn json_arg(
+    func: &str,
+    name: &str,
+    value: &Dynamic,
+    pos: Position,
+) -> SdkResult<serde_json::Value> {
+    dynamic_to_json(value)
+        .map_err(|err: NotJson| invalid_argument(format!("{func}: {}", err.describe(name)), pos))
+}

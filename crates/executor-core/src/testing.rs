@@ -1,0 +1,231 @@
+//! In-memory fakes of the service traits, for tests and benchmarks.
+//!
+//! They keep the same rules as the real services (names and keys validated
+//! through `picloud_shared::names`, value size limit, ordering and paging),
+//! so a script that passes against them behaves the same against Postgres.
+
+use async_trait::async_trait;
+use picloud_shared::ids::AppId;
+use picloud_shared::kv::{KvPage, KvService, KV_LIST_MAX};
+use picloud_shared::names::{validate_dotted_name, validate_kv_key};
+use picloud_shared::ServiceError;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+/// Default largest stored value, in bytes of JSON (`PICLOUD_KV_MAX_VALUE_BYTES`).
+pub const DEFAULT_KV_MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+type Collections = BTreeMap<(AppId, String), BTreeMap<String, Value>>;
+
+/// A `BTreeMap`-backed [`KvService`].
+#[derive(Debug)]
+pub struct MemoryKv {
+    data: Mutex<Collections>,
+    max_value_bytes: usize,
+    delay: Option<Duration>,
+}
+
+impl Default for MemoryKv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryKv {
+    /// An empty store with the default value size limit.
+    pub fn new() -> Self {
+        Self {
+            data: Mutex::new(BTreeMap::new()),
+            max_value_bytes: DEFAULT_KV_MAX_VALUE_BYTES,
+            delay: None,
+        }
+    }
+
+    /// The same store, but every call first sleeps `delay` (to exercise timeouts).
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// The same store with another value size limit.
+    pub fn with_max_value_bytes(mut self, max: usize) -> Self {
+        self.max_value_bytes = max;
+        self
+    }
+
+    /// A stored value, read directly (no validation, no delay).
+    pub fn peek(&self, app: AppId, collection: &str, key: &str) -> Option<Value> {
+        self.lock()
+            .get(&(app, collection.to_owned()))
+            .and_then(|c| c.get(key))
+            .cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Collections> {
+        self.data.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn pause(&self) {
+        if let Some(delay) = self.delay {
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+#[async_trait]
+impl KvService for MemoryKv {
+    async fn set(
+        &self,
+        app: AppId,
+        collection: &str,
+        key: &str,
+        value: Value,
+    ) -> Result<(), ServiceError> {
+        self.pause().await;
+        validate_dotted_name("collection", collection)?;
+        validate_kv_key(key)?;
+        let size = serde_json::to_vec(&value)
+            .map_err(|_| ServiceError::InvalidArgument("value is not valid JSON".into()))?
+            .len();
+        if size > self.max_value_bytes {
+            return Err(ServiceError::TooLarge {
+                limit: self.max_value_bytes,
+                actual: size,
+            });
+        }
+        self.lock()
+            .entry((app, collection.to_owned()))
+            .or_default()
+            .insert(key.to_owned(), value);
+        Ok(())
+    }
+
+    async fn get(
+        &self,
+        app: AppId,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Value>, ServiceError> {
+        self.pause().await;
+        validate_dotted_name("collection", collection)?;
+        validate_kv_key(key)?;
+        Ok(self.peek(app, collection, key))
+    }
+
+    async fn delete(&self, app: AppId, collection: &str, key: &str) -> Result<bool, ServiceError> {
+        self.pause().await;
+        validate_dotted_name("collection", collection)?;
+        validate_kv_key(key)?;
+        Ok(self
+            .lock()
+            .get_mut(&(app, collection.to_owned()))
+            .is_some_and(|c| c.remove(key).is_some()))
+    }
+
+    async fn list_page(
+        &self,
+        app: AppId,
+        collection: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KvPage, ServiceError> {
+        self.pause().await;
+        validate_dotted_name("collection", collection)?;
+        if prefix.len() > 512 {
+            return Err(ServiceError::InvalidArgument(
+                "kv prefix must be at most 512 bytes".into(),
+            ));
+        }
+        if limit == 0 {
+            return Err(ServiceError::InvalidArgument(
+                "limit must be at least 1".into(),
+            ));
+        }
+        let limit = limit.min(KV_LIST_MAX);
+        let data = self.lock();
+        let Some(keys) = data.get(&(app, collection.to_owned())) else {
+            return Ok(KvPage {
+                keys: Vec::new(),
+                next: None,
+            });
+        };
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let mut page: Vec<String> = keys
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let next = if page.len() > limit {
+            page.truncate(limit);
+            page.last().cloned()
+        } else {
+            None
+        };
+        Ok(KvPage { keys: page, next })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn pages_follow_prefix_and_cursor() {
+        block(async {
+            let kv = MemoryKv::new();
+            let app = AppId::new();
+            for key in ["a1", "a2", "a3", "b1", "a0"] {
+                kv.set(app, "c", key, json!(1)).await.unwrap();
+            }
+            let first = kv.list_page(app, "c", "a", None, 2).await.unwrap();
+            assert_eq!(first.keys, ["a0", "a1"]);
+            assert_eq!(first.next.as_deref(), Some("a1"));
+            let second = kv.list_page(app, "c", "a", Some("a1"), 2).await.unwrap();
+            assert_eq!(second.keys, ["a2", "a3"]);
+            assert_eq!(second.next, None);
+            let other_app = kv.list_page(AppId::new(), "c", "", None, 10).await.unwrap();
+            assert!(other_app.keys.is_empty());
+        });
+    }
+
+    #[test]
+    fn validation_and_size_limit() {
+        block(async {
+            let kv = MemoryKv::new().with_max_value_bytes(8);
+            let app = AppId::new();
+            let bad_name = kv.set(app, "a/b", "k", json!(1)).await.unwrap_err();
+            assert_eq!(bad_name.kind(), "invalid_argument");
+            let bad_key = kv.get(app, "c", "").await.unwrap_err();
+            assert_eq!(bad_key.kind(), "invalid_argument");
+            let too_large = kv
+                .set(app, "c", "k", json!("0123456789"))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                too_large,
+                ServiceError::TooLarge {
+                    limit: 8,
+                    actual: 12
+                }
+            );
+        });
+    }
+}

@@ -1,0 +1,235 @@
+//! Results, `ctx`, error reporting, the AST cache and the compile check.
+
+use super::{script, script_error, Harness};
+use crate::{Executor, RunContext, RunError, ScriptHandle};
+use picloud_shared::script::ScriptCompiler;
+use serde_json::json;
+use std::sync::Arc;
+
+#[test]
+fn each_json_type_comes_back() {
+    let h = Harness::new();
+    assert_eq!(h.run("42").unwrap(), json!(42));
+    assert_eq!(h.run("-1.5").unwrap(), json!(-1.5));
+    assert_eq!(h.run(r#""héllo""#).unwrap(), json!("héllo"));
+    assert_eq!(h.run("true").unwrap(), json!(true));
+    assert_eq!(h.run("'c'").unwrap(), json!("c"));
+    assert_eq!(
+        h.run("[1, 2.5, \"x\", ()]").unwrap(),
+        json!([1, 2.5, "x", null])
+    );
+    assert_eq!(
+        h.run("#{a: 1, b: #{c: [true]}, \"with space\": ()}")
+            .unwrap(),
+        json!({"a": 1, "b": {"c": [true]}, "with space": null})
+    );
+}
+
+#[test]
+fn unit_result_is_null() {
+    let h = Harness::new();
+    assert_eq!(h.run("let x = 1;").unwrap(), json!(null));
+    assert_eq!(h.run("()").unwrap(), json!(null));
+    assert_eq!(h.run("").unwrap(), json!(null));
+}
+
+#[test]
+fn body_in_result_out() {
+    let h = Harness::new();
+    let out = h
+        .run_body("let b = ctx.request.body; b.n + 1", json!({"n": 41}))
+        .unwrap();
+    assert_eq!(out, json!(42));
+    let echoed = h
+        .run_body(
+            "ctx.request.body",
+            json!({"a": [1, {"b": null}], "f": 0.25}),
+        )
+        .unwrap();
+    assert_eq!(echoed, json!({"a": [1, {"b": null}], "f": 0.25}));
+}
+
+#[test]
+fn ctx_carries_app_script_request_and_event() {
+    let h = Harness::new();
+    let handle = script(
+        "#{app: ctx.app_id, id: ctx.script.id, name: ctx.script.name,
+           headers: ctx.request.headers, event: ctx.event}",
+    );
+    let headers = vec![
+        ("Content-Type".to_string(), "application/json".to_string()),
+        ("AUTHORIZATION".to_string(), "Bearer pk_secret".to_string()),
+        ("Proxy-Authorization".to_string(), "Basic x".to_string()),
+        ("cookie".to_string(), "session=1".to_string()),
+        ("X-Tag".to_string(), "a".to_string()),
+        ("x-tag".to_string(), "b".to_string()),
+    ];
+    let out = h
+        .executor
+        .run(&handle, h.http(json!(null), headers))
+        .unwrap();
+    assert_eq!(
+        out,
+        json!({
+            "app": h.app.to_string(),
+            "id": handle.id.to_string(),
+            "name": "test-script",
+            "headers": {"content-type": "application/json", "x-tag": "a, b"},
+            "event": null,
+        })
+    );
+}
+
+#[test]
+fn trigger_runs_see_the_event_and_no_request() {
+    let h = Harness::new();
+    let ctx = RunContext {
+        app_id: h.app,
+        trigger: "kv",
+        request: None,
+        event: Some(json!({"kind": "kv", "collection": "users", "key": "k"})),
+    };
+    let out = h
+        .executor
+        .run(
+            &script("[ctx.request == (), ctx.event.kind, ctx.event.key]"),
+            ctx,
+        )
+        .unwrap();
+    assert_eq!(out, json!([true, "kv", "k"]));
+}
+
+#[test]
+fn thrown_string_is_a_script_error_with_position() {
+    let h = Harness::new();
+    let message = script_error(h.run("let x = 1;\n  throw \"boom\";"));
+    assert_eq!(message, "boom (line 2, column 3)");
+}
+
+#[test]
+fn thrown_kind_message_map_reads_kind_colon_message() {
+    let h = Harness::new();
+    let message = script_error(h.run(r#"throw #{kind: "not_allowed", message: "nope"}"#));
+    assert_eq!(message, "not_allowed: nope (line 1, column 1)");
+}
+
+#[test]
+fn errors_inside_functions_are_one_line_with_the_inner_position() {
+    let h = Harness::new();
+    let message = script_error(h.run("fn f(x) {\n    x.missing_method()\n}\nf(1)"));
+    assert!(!message.contains('\n'), "{message}");
+    assert!(message.contains("missing_method"), "{message}");
+    assert!(message.ends_with("(line 2, column 7)"), "{message}");
+}
+
+#[test]
+fn runtime_errors_are_script_errors() {
+    let h = Harness::new();
+    let message = script_error(h.run("let a = [1]; a[5]"));
+    assert!(message.contains("out of bounds"), "{message}");
+    let message = script_error(h.run("undefined_variable + 1"));
+    assert!(message.contains("undefined_variable"), "{message}");
+}
+
+#[test]
+fn results_without_a_json_form_are_script_errors() {
+    let h = Harness::new();
+    let message = script_error(h.run("#{f: || 1}"));
+    assert_eq!(
+        message,
+        "cannot convert the result to JSON: result.f is a function pointer, which has no JSON form"
+    );
+    let message = script_error(h.run("[0.0 / 0.0]"));
+    assert!(message.contains("result[0] is the float NaN"), "{message}");
+    let message = script_error(h.run("1.0 / 0.0"));
+    assert!(message.contains("inf"), "{message}");
+}
+
+#[test]
+fn compile_errors_carry_line_and_column() {
+    let h = Harness::new();
+    let err = h.executor.check("let a = 1;\nlet b = ;").unwrap_err();
+    assert_eq!((err.line, err.column), (2, 9));
+    assert!(!err.message.is_empty());
+    assert!(h.executor.check("let a = 1; a + 1").is_ok());
+
+    let message = script_error(h.run("let a = 1;\nlet b = ;"));
+    assert!(message.starts_with("syntax error: "), "{message}");
+    assert!(message.ends_with("(line 2, column 9)"), "{message}");
+}
+
+#[test]
+fn cache_reuses_an_ast_per_version() {
+    let h = Harness::new();
+    let ctx = || h.http(json!(null), Vec::new());
+    let v1 = script("1");
+    assert_eq!(h.executor.run(&v1, ctx()).unwrap(), json!(1));
+    assert_eq!(h.executor.run(&v1, ctx()).unwrap(), json!(1));
+    assert_eq!(h.executor.compile_count(), 1);
+
+    let v2 = ScriptHandle {
+        version: 2,
+        source: "2".into(),
+        ..v1.clone()
+    };
+    assert_eq!(h.executor.run(&v2, ctx()).unwrap(), json!(2));
+    assert_eq!(h.executor.run(&v2, ctx()).unwrap(), json!(2));
+    assert_eq!(h.executor.compile_count(), 2);
+
+    // A late run of the old version compiles it but does not evict the newer one.
+    assert_eq!(h.executor.run(&v1, ctx()).unwrap(), json!(1));
+    assert_eq!(h.executor.run(&v2, ctx()).unwrap(), json!(2));
+    assert_eq!(h.executor.compile_count(), 3);
+
+    h.executor.invalidate(v2.id);
+    assert_eq!(h.executor.run(&v2, ctx()).unwrap(), json!(2));
+    assert_eq!(h.executor.compile_count(), 4);
+}
+
+#[test]
+fn scripts_that_fail_to_compile_are_not_cached() {
+    let h = Harness::new();
+    let broken = script("let = 1");
+    let ctx = || h.http(json!(null), Vec::new());
+    script_error(h.executor.run(&broken, ctx()));
+    script_error(h.executor.run(&broken, ctx()));
+    assert_eq!(h.executor.compile_count(), 2);
+}
+
+#[test]
+fn runs_in_parallel_from_blocking_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Executor>();
+
+    let h = Harness::new();
+    let handle = Arc::new(script(
+        "let n = ctx.request.body.n; kv::set(\"c\", `k${n}`, n); kv::get(\"c\", `k${n}`) * 2",
+    ));
+    let results: Vec<Result<serde_json::Value, RunError>> = h.runtime.block_on(async {
+        let tasks: Vec<_> = (0..16)
+            .map(|n| {
+                let executor = h.executor.clone();
+                let handle = handle.clone();
+                let ctx = h.http(json!({ "n": n }), Vec::new());
+                tokio::task::spawn_blocking(move || executor.run(&handle, ctx))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for task in tasks {
+            out.push(task.await.expect("run panicked"));
+        }
+        out
+    });
+    for (n, result) in results.into_iter().enumerate() {
+        assert_eq!(result.unwrap(), json!(n * 2));
+    }
+}
+
+#[test]
+fn log_and_print_do_not_fail() {
+    let h = Harness::new();
+    let out = h
+        .run(r#"log::info("hello"); log::warn(42); log::error(#{a: 1}); print("p"); debug("d"); 1"#)
+        .unwrap();
+    assert_eq!(out, json!(1));
+}

@@ -1,0 +1,170 @@
+//! Configuration: every environment variable is read here, once, at start.
+//!
+//! A bad value fails start-up with one line naming the variable and the fix.
+
+use picloud_executor_core::SandboxLimits;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {problem}; {fix}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+    pub fix: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings the HTTP application needs; tests build it directly.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// Request bodies above this many bytes are refused with 413.
+    pub max_request_bytes: usize,
+    /// kv values above this many serialised bytes are refused.
+    pub kv_max_value_bytes: usize,
+    /// The script sandbox.
+    pub limits: SandboxLimits,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 2 * 1024 * 1024,
+            kv_max_value_bytes: 1024 * 1024,
+            limits: SandboxLimits::default(),
+        }
+    }
+}
+
+/// The whole process configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub public_url: String,
+    pub data_dir: PathBuf,
+    pub dev_mode: bool,
+    pub database_url: Option<String>,
+    pub log_format: LogFormat,
+    pub app: AppConfig,
+}
+
+/// Reads a variable; unset and empty are the same.
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn parse_num<T: std::str::FromStr>(name: &'static str, default: T, min: T) -> Result<T, ConfigError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    let Some(raw) = var(name) else {
+        return Ok(default);
+    };
+    match raw.trim().parse::<T>() {
+        Ok(v) if v >= min => Ok(v),
+        _ => Err(ConfigError {
+            var: name,
+            problem: "not a whole number in range".into(),
+            fix: format!(
+                "set it to a whole number of at least {min}, or unset it for the default {default}"
+            ),
+        }),
+    }
+}
+
+fn parse_bool(name: &'static str) -> Result<bool, ConfigError> {
+    match var(name).as_deref().map(str::trim) {
+        None => Ok(false),
+        Some("1" | "true" | "TRUE" | "True" | "yes") => Ok(true),
+        Some("0" | "false" | "FALSE" | "False" | "no") => Ok(false),
+        Some(_) => Err(ConfigError {
+            var: name,
+            problem: "not a boolean".into(),
+            fix: "set it to true or false".into(),
+        }),
+    }
+}
+
+impl Config {
+    /// Reads the configuration from the environment; `dev_flag` is `serve --dev`.
+    pub fn from_env(dev_flag: bool) -> Result<Self, ConfigError> {
+        let listen_raw = var("PICLOUD_LISTEN").unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen: SocketAddr = listen_raw.trim().parse().map_err(|_| ConfigError {
+            var: "PICLOUD_LISTEN",
+            problem: "not a socket address".into(),
+            fix: "set it to host:port, e.g. 127.0.0.1:8080".into(),
+        })?;
+        let public_url = var("PICLOUD_PUBLIC_URL")
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .unwrap_or_else(|| format!("http://{listen}"));
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            return Err(ConfigError {
+                var: "PICLOUD_PUBLIC_URL",
+                problem: "not an http(s) URL".into(),
+                fix: "set it to the URL clients reach picloud at, e.g. https://picloud.example.com"
+                    .into(),
+            });
+        }
+        let data_dir =
+            PathBuf::from(var("PICLOUD_DATA_DIR").unwrap_or_else(|| "./.picloud".into()));
+        let log_format = match var("PICLOUD_LOG_FORMAT").as_deref().map(str::trim) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(_) => {
+                return Err(ConfigError {
+                    var: "PICLOUD_LOG_FORMAT",
+                    problem: "unknown format".into(),
+                    fix: "set it to text or json".into(),
+                })
+            }
+        };
+        let defaults = SandboxLimits::default();
+        let limits = SandboxLimits {
+            max_operations: parse_num("PICLOUD_SCRIPT_MAX_OPERATIONS", defaults.max_operations, 1)?,
+            timeout: Duration::from_millis(parse_num(
+                "PICLOUD_SCRIPT_TIMEOUT_MS",
+                defaults.timeout.as_millis() as u64,
+                1,
+            )?),
+            max_string_bytes: parse_num(
+                "PICLOUD_SCRIPT_MAX_STRING_BYTES",
+                defaults.max_string_bytes,
+                1,
+            )?,
+            sdk_timeout: Duration::from_millis(parse_num(
+                "PICLOUD_SDK_TIMEOUT_MS",
+                defaults.sdk_timeout.as_millis() as u64,
+                1,
+            )?),
+            ..defaults
+        };
+        let app_defaults = AppConfig::default();
+        Ok(Self {
+            listen,
+            public_url,
+            data_dir,
+            dev_mode: dev_flag || parse_bool("PICLOUD_DEV_MODE")?,
+            database_url: var("DATABASE_URL"),
+            log_format,
+            app: AppConfig {
+                max_request_bytes: parse_num(
+                    "PICLOUD_MAX_REQUEST_BYTES",
+                    app_defaults.max_request_bytes,
+                    1,
+                )?,
+                kv_max_value_bytes: parse_num(
+                    "PICLOUD_KV_MAX_VALUE_BYTES",
+                    app_defaults.kv_max_value_bytes,
+                    1,
+                )?,
+                limits,
+            },
+        })
+    }
+}

@@ -1,0 +1,81 @@
+//! `/api/v1/admin/apps`: create, list, get, delete apps.
+
+use crate::http::{
+    auth::Principal,
+    error::{ApiError, ErrorBody},
+    extract::{ApiJson, ApiPath},
+    AppState,
+};
+use axum::{extract::State, http::StatusCode, Json};
+use picloud_shared::{auth::Capability, domain::App, ids::AppId};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+/// Body of `POST /apps`.
+#[derive(Deserialize, ToSchema)]
+pub struct CreateApp {
+    /// `[A-Za-z0-9_-]{1,64}`, unique.
+    pub name: String,
+}
+
+/// The app routes.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_app, list_apps))
+        .routes(routes!(get_app, delete_app))
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/apps", tag = "apps", request_body = CreateApp,
+    security(("bearer" = [])),
+    responses((status = 201, body = App), (status = "4XX", body = ErrorBody)))]
+async fn create_app(
+    State(st): State<AppState>,
+    principal: Principal,
+    ApiJson(body): ApiJson<CreateApp>,
+) -> Result<(StatusCode, Json<App>), ApiError> {
+    principal.require(Capability::AppsWrite)?;
+    Ok((StatusCode::CREATED, Json(st.apps.create(&body.name).await?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/admin/apps", tag = "apps", security(("bearer" = [])),
+    responses((status = 200, body = Vec<App>), (status = "4XX", body = ErrorBody)))]
+async fn list_apps(
+    State(st): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Vec<App>>, ApiError> {
+    principal.require(Capability::AppsRead)?;
+    Ok(Json(st.apps.list().await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/admin/apps/{app_id}", tag = "apps", security(("bearer" = [])),
+    params(("app_id" = Uuid, Path)),
+    responses((status = 200, body = App), (status = "4XX", body = ErrorBody)))]
+async fn get_app(
+    State(st): State<AppState>,
+    principal: Principal,
+    ApiPath(app_id): ApiPath<Uuid>,
+) -> Result<Json<App>, ApiError> {
+    principal.require(Capability::AppsRead)?;
+    Ok(Json(st.apps.get(AppId(app_id)).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/admin/apps/{app_id}", tag = "apps", security(("bearer" = [])),
+    params(("app_id" = Uuid, Path)),
+    responses((status = 204), (status = "4XX", body = ErrorBody)))]
+async fn delete_app(
+    State(st): State<AppState>,
+    principal: Principal,
+    ApiPath(app_id): ApiPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    principal.require(Capability::AppsWrite)?;
+    let app = AppId(app_id);
+    let scripts = st.scripts.list(app).await?;
+    st.apps.delete(app).await?;
+    st.script_cache.remove_app(app);
+    for s in scripts {
+        st.executor.invalidate(s.script.id);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,16 @@
+//! The admin API under `/api/v1/admin`.
+
+pub mod api_keys;
+pub mod apps;
+pub mod scripts;
+
+use super::AppState;
+use utoipa_axum::router::OpenApiRouter;
+
+/// Every admin route.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(apps::routes())
+        .merge(scripts::routes())
+        .merge(api_keys::routes())
+}

@@ -1,0 +1,131 @@
+//! `/api/v1/admin/apps/{app_id}/scripts`: save (compile-checked), list, get, update, delete.
+
+use crate::http::{
+    auth::Principal,
+    error::{ApiError, ErrorBody},
+    extract::{ApiJson, ApiPath},
+    AppState,
+};
+use axum::{extract::State, http::StatusCode, Json};
+use picloud_shared::{
+    auth::Capability,
+    domain::{Script, ScriptWithSource},
+    ids::{AppId, ScriptId},
+};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+/// Body of a script create or update.
+#[derive(Deserialize, ToSchema)]
+pub struct SaveScript {
+    /// `[A-Za-z0-9_-]{1,64}`, unique in the app.
+    pub name: String,
+    /// Rhai source; it must compile.
+    pub source: String,
+    /// Runs without an API key when true. On update, omitted keeps the current value.
+    pub public: Option<bool>,
+}
+
+/// The script routes.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_script, list_scripts))
+        .routes(routes!(get_script, update_script, delete_script))
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/apps/{app_id}/scripts", tag = "scripts",
+    security(("bearer" = [])), params(("app_id" = Uuid, Path)), request_body = SaveScript,
+    responses((status = 201, body = Script),
+        (status = 422, description = "validation_error or compile_error (with line and column)", body = ErrorBody),
+        (status = "4XX", body = ErrorBody)))]
+async fn create_script(
+    State(st): State<AppState>,
+    principal: Principal,
+    ApiPath(app_id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<SaveScript>,
+) -> Result<(StatusCode, Json<Script>), ApiError> {
+    principal.require(Capability::ScriptsWrite)?;
+    let app = AppId(app_id);
+    let saved = st
+        .scripts
+        .create(app, &body.name, &body.source, body.public.unwrap_or(false))
+        .await?;
+    // A failed invoke of this name may have been answered before; nothing cached to drop.
+    st.script_cache.remove(app, &saved.script.name);
+    Ok((StatusCode::CREATED, Json(saved.script)))
+}
+
+#[utoipa::path(get, path = "/api/v1/admin/apps/{app_id}/scripts", tag = "scripts",
+    security(("bearer" = [])), params(("app_id" = Uuid, Path)),
+    responses((status = 200, body = Vec<Script>), (status = "4XX", body = ErrorBody)))]
+async fn list_scripts(
+    State(st): State<AppState>,
+    principal: Principal,
+    ApiPath(app_id): ApiPath<Uuid>,
+) -> Result<Json<Vec<Script>>, ApiError> {
+    principal.require(Capability::ScriptsRead)?;
+    let scripts = st.scripts.list(AppId(app_id)).await?;
+    Ok(Json(scripts.into_iter().map(|s| s.script).collect()))
+}
+
+#[utoipa::path(get, path = "/api/v1/admin/apps/{app_id}/scripts/{script_id}", tag = "scripts",
+    security(("bearer" = [])), params(("app_id" = Uuid, Path), ("script_id" = Uuid, Path)),
+    responses((status = 200, body = ScriptWithSource), (status = "4XX", body = ErrorBody)))]
+async fn get_script(
+    State(st): State<AppState>,
+    principal: Principal,
+    ApiPath((app_id, script_id)): ApiPath<(Uuid, Uuid)>,
+) -> Result<Json<ScriptWithSource>, ApiError> {
+    principal.require(Capability::ScriptsRead)?;
+    Ok(Json(
+        st.scripts.get(AppId(app_id), ScriptId(script_id)).await?,
+    ))
+}
+
+#[utoipa::path(put, path = "/api/v1/admin/apps/{app_id}/scripts/{script_id}", tag = "scripts",
+    security(("bearer" = [])), params(("app_id" = Uuid, Path), ("script_id" = Uuid, Path)),
+    request_body = SaveScript,
+    responses((status = 200, body = Script),
+        (status = 422, description = "validation_error or compile_error (with line and column)", body = ErrorBody),
+        (status = "4XX", body = ErrorBody)))]
+async fn update_script(
+    State(st): State<AppState>,
+    principal: Principal,
+    ApiPath((app_id, script_id)): ApiPath<(Uuid, Uuid)>,
+    ApiJson(body): ApiJson<SaveScript>,
+) -> Result<Json<Script>, ApiError> {
+    principal.require(Capability::ScriptsWrite)?;
+    let app = AppId(app_id);
+    let (saved, old_name) = st
+        .scripts
+        .update(
+            app,
+            ScriptId(script_id),
+            &body.name,
+            &body.source,
+            body.public,
+        )
+        .await?;
+    st.script_cache.remove(app, &old_name);
+    st.script_cache.remove(app, &saved.script.name);
+    st.executor.invalidate(saved.script.id);
+    Ok(Json(saved.script))
+}
+
+#[utoipa::path(delete, path = "/api/v1/admin/apps/{app_id}/scripts/{script_id}", tag = "scripts",
+    security(("bearer" = [])), params(("app_id" = Uuid, Path), ("script_id" = Uuid, Path)),
+    responses((status = 204), (status = "4XX", body = ErrorBody)))]
+async fn delete_script(
+    State(st): State<AppState>,
+    principal: Principal,
+    ApiPath((app_id, script_id)): ApiPath<(Uuid, Uuid)>,
+) -> Result<StatusCode, ApiError> {
+    principal.require(Capability::ScriptsWrite)?;
+    let app = AppId(app_id);
+    let deleted = st.scripts.delete(app, ScriptId(script_id)).await?;
+    st.script_cache.remove(app, &deleted.name);
+    st.executor.invalidate(deleted.id);
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,176 @@
+//! The one mapping from errors to HTTP responses.
+//!
+//! Every error leaves as `{"error": {"code", "message", ...}}`. Messages never
+//! echo request values: serde and axum rejection texts can quote input, so
+//! they are replaced by fixed descriptions here.
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+use picloud_executor_core::RunError;
+use picloud_manager_core::ManagerError;
+use picloud_shared::{auth::Scope, ServiceError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// An error an HTTP handler returns.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("this API key lacks the scope {0} needed here")]
+    Forbidden(Scope),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{message}")]
+    TooLarge {
+        message: String,
+        limit: Option<usize>,
+        actual: Option<usize>,
+    },
+    #[error("{0}")]
+    Validation(String),
+    #[error("{message}")]
+    Compile {
+        message: String,
+        line: usize,
+        column: usize,
+    },
+    #[error("{0}")]
+    Script(String),
+    #[error("{0}")]
+    ScriptLimit(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable `code`, a readable `message`, and fields that help.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// One of `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
+    /// `too_large`, `validation_error`, `compile_error`, `script_error`,
+    /// `script_limit`, `internal`, `unavailable`.
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actual: Option<usize>,
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+            ApiError::Compile { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "compile_error"),
+            ApiError::Script(_) => (StatusCode::INTERNAL_SERVER_ERROR, "script_error"),
+            ApiError::ScriptLimit(_) => (StatusCode::INTERNAL_SERVER_ERROR, "script_limit"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// A 413 for a request body above the configured limit.
+    pub fn body_too_large(limit: usize) -> Self {
+        ApiError::TooLarge {
+            message: format!("request body is above the limit of {limit} bytes"),
+            limit: Some(limit),
+            actual: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let mut detail = ErrorDetail {
+            code,
+            message: self.to_string(),
+            line: None,
+            column: None,
+            limit: None,
+            actual: None,
+        };
+        match &self {
+            ApiError::Compile { line, column, .. } => {
+                detail.line = Some(*line);
+                detail.column = Some(*column);
+            }
+            ApiError::TooLarge { limit, actual, .. } => {
+                detail.limit = *limit;
+                detail.actual = *actual;
+            }
+            _ => {}
+        }
+        (status, Json(ErrorBody { error: detail })).into_response()
+    }
+}
+
+impl From<ManagerError> for ApiError {
+    fn from(err: ManagerError) -> Self {
+        match err {
+            ManagerError::Validation(m) => ApiError::Validation(m),
+            ManagerError::NotFound(what) => ApiError::NotFound(what),
+            ManagerError::Conflict(m) => ApiError::Conflict(m),
+            ManagerError::TooLarge { limit, actual } => ApiError::TooLarge {
+                message: format!("value is {actual} bytes, above the limit of {limit} bytes"),
+                limit: Some(limit),
+                actual: Some(actual),
+            },
+            ManagerError::Compile(e) => ApiError::Compile {
+                message: e.message,
+                line: e.line,
+                column: e.column,
+            },
+            ManagerError::Unavailable(m) => ApiError::Unavailable(m),
+            ManagerError::Database(e) => {
+                tracing::error!(error = %e, "database error");
+                match e {
+                    sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                        ApiError::Unavailable("the database is unavailable".into())
+                    }
+                    _ => ApiError::Internal,
+                }
+            }
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        ManagerError::from(err).into()
+    }
+}
+
+impl From<RunError> for ApiError {
+    fn from(err: RunError) -> Self {
+        match err {
+            RunError::Script { message } => ApiError::Script(message),
+            RunError::Limit { message, .. } => ApiError::ScriptLimit(message),
+        }
+    }
+}

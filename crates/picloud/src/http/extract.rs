@@ -1,0 +1,97 @@
+//! Extractors whose rejections are picloud's JSON errors, never axum's plain text.
+
+use super::error::ApiError;
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Path, Request},
+    http::{request::Parts, StatusCode},
+};
+use serde::de::DeserializeOwned;
+
+/// The request body parsed as JSON into `T`.
+pub struct ApiJson<T>(pub T);
+
+/// Reads the whole body, mapping a body over the limit to 413.
+pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge {
+                message: "request body is above the configured limit (PICLOUD_MAX_REQUEST_BYTES)"
+                    .into(),
+                limit: None,
+                actual: None,
+            }
+        } else {
+            ApiError::BadRequest("the request body could not be read".into())
+        }
+    })
+}
+
+/// Parses JSON, describing a failure without quoting the input.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        use serde_json::error::Category;
+        let at = format!("line {}, column {}", e.line(), e.column());
+        match e.classify() {
+            Category::Data => {
+                // serde names missing or unknown fields without quoting values.
+                let text = e.to_string();
+                let field = ["missing field `", "unknown field `"]
+                    .iter()
+                    .find_map(|p| text.strip_prefix(p))
+                    .and_then(|rest| rest.split('`').next())
+                    .filter(|f| {
+                        f.len() <= 64 && f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    });
+                match field {
+                    Some(f) if text.starts_with("missing") => {
+                        ApiError::Validation(format!("request body is missing the field `{f}`"))
+                    }
+                    Some(f) => {
+                        ApiError::Validation(format!("request body has an unknown field `{f}`"))
+                    }
+                    None => ApiError::Validation(format!(
+                        "request body has a value of the wrong type ({at})"
+                    )),
+                }
+            }
+            Category::Eof if bytes.iter().all(u8::is_ascii_whitespace) => {
+                ApiError::BadRequest("request body is empty; a JSON document is required".into())
+            }
+            _ => ApiError::BadRequest(format!("request body is not valid JSON ({at})")),
+        }
+    })
+}
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = read_body(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Path parameters; a malformed one (e.g. not a UUID) is a 400, not a 404.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|_| {
+                ApiError::BadRequest("a path parameter is malformed (ids are UUIDs)".into())
+            })
+    }
+}

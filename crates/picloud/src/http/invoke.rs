@@ -1,0 +1,112 @@
+//! `POST /api/v1/apps/{app_id}/invoke/{script_name}`: run a script over HTTP.
+//!
+//! The hot path touches no database once the key and the script are cached:
+//! look up the script, check the key (unless the script is public), run it
+//! on a blocking thread, answer its value as JSON.
+
+use super::{
+    auth::authenticate,
+    error::{ApiError, ErrorBody},
+    extract::{parse_json, read_body, ApiPath},
+    AppState,
+};
+use crate::script_cache::CachedScript;
+use axum::{
+    extract::{Request, State},
+    http::{header, HeaderMap},
+    Json,
+};
+use picloud_executor_core::{RequestInfo, RunContext, RunError};
+use picloud_shared::{auth::Capability, ids::AppId};
+use serde_json::Value;
+use std::{sync::Arc, time::Instant};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+/// The invoke route.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(invoke))
+}
+
+/// Request headers a script may see: never credentials.
+fn script_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| *name != header::AUTHORIZATION && *name != header::COOKIE)
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect()
+}
+
+async fn find_script(
+    st: &AppState,
+    app: AppId,
+    name: &str,
+) -> Result<Option<Arc<CachedScript>>, ApiError> {
+    if let Some(hit) = st.script_cache.get(app, name) {
+        return Ok(Some(hit));
+    }
+    match st.scripts.get_by_name(app, name).await {
+        Ok(script) => {
+            let cached = Arc::new(CachedScript::from(script));
+            st.script_cache.insert(app, cached.clone());
+            Ok(Some(cached))
+        }
+        Err(picloud_manager_core::ManagerError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/apps/{app_id}/invoke/{script_name}", tag = "invoke",
+    security((), ("bearer" = [])),
+    params(("app_id" = Uuid, Path), ("script_name" = String, Path)),
+    request_body(content = Object, description = "any JSON; becomes ctx.request.body (an empty body is null)"),
+    responses((status = 200, description = "the script's return value as JSON", body = Object),
+        (status = 500, description = "script_error or script_limit", body = ErrorBody),
+        (status = "4XX", body = ErrorBody)))]
+async fn invoke(
+    State(st): State<AppState>,
+    ApiPath((app_id, script_name)): ApiPath<(Uuid, String)>,
+    request: Request,
+) -> Result<Json<Value>, ApiError> {
+    let app = AppId(app_id);
+    let (parts, body) = request.into_parts();
+    let script = match find_script(&st, app, &script_name).await? {
+        Some(script) if script.public => script,
+        found => {
+            // Private or unknown: authenticate first, so names do not leak to strangers.
+            authenticate(&parts, &st)
+                .await?
+                .require(Capability::ScriptInvoke)?;
+            found.ok_or(ApiError::NotFound("script"))?
+        }
+    };
+    let headers = script_headers(&parts.headers);
+    let bytes = read_body(Request::from_parts(parts, body), &()).await?;
+    let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        parse_json::<Value>(&bytes)?
+    };
+
+    let ctx = RunContext {
+        app_id: app,
+        trigger: "http",
+        request: Some(RequestInfo { body, headers }),
+        event: None,
+    };
+    let executor = st.executor.clone();
+    let started = Instant::now();
+    let result = tokio::task::spawn_blocking(move || executor.run(&script.handle, ctx))
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(RunError::Script { .. }) => "error",
+        Err(RunError::Limit { .. }) => "limit",
+    };
+    st.metrics
+        .record_run("http", outcome, started.elapsed().as_secs_f64());
+    Ok(Json(result?))
+}

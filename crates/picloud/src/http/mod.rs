@@ -1,0 +1,124 @@
+//! The HTTP surface: one router built from per-resource modules.
+//!
+//! Every route is registered through `utoipa_axum::routes!`, which adds the
+//! handler and its OpenAPI entry together, so a route cannot exist without
+//! documentation.
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod invoke;
+pub mod system;
+
+use crate::{config::AppConfig, metrics::Metrics, script_cache::ScriptCache};
+use axum::{
+    extract::{DefaultBodyLimit, MatchedPath, Request},
+    Router,
+};
+use picloud_executor_core::{Executor, Services};
+use picloud_manager_core::service::{
+    api_keys::ApiKeysService, apps::AppsService, kv::KvServiceImpl, scripts::ScriptsService,
+};
+use sqlx::PgPool;
+use std::sync::{Arc, OnceLock};
+use tower_http::trace::TraceLayer;
+use utoipa::{
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    Modify, OpenApi,
+};
+use utoipa_axum::router::OpenApiRouter;
+
+/// Everything a handler needs, cloned cheaply into each request.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub apps: AppsService,
+    pub scripts: ScriptsService,
+    pub api_keys: ApiKeysService,
+    pub auth: auth::AuthCache,
+    pub executor: Arc<Executor>,
+    pub script_cache: ScriptCache,
+    pub metrics: Metrics,
+    pub config: Arc<AppConfig>,
+    openapi_json: Arc<OnceLock<String>>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "picloud", description = "Self-hosted backend platform: apps, Rhai scripts, kv."),
+    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("pk_...")
+                    .build(),
+            ),
+        );
+    }
+}
+
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(admin::routes())
+        .merge(invoke::routes())
+        .merge(system::routes())
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+/// Builds the application over a migrated database. Call inside a tokio runtime.
+pub fn build_app(pool: PgPool, config: AppConfig) -> Router {
+    let kv = Arc::new(KvServiceImpl::new(pool.clone(), config.kv_max_value_bytes));
+    let executor = Arc::new(Executor::new(
+        config.limits.clone(),
+        Services { kv },
+        tokio::runtime::Handle::current(),
+    ));
+    let api_keys = ApiKeysService::new(pool.clone());
+    let max_request_bytes = config.max_request_bytes;
+    let state = AppState {
+        apps: AppsService::new(pool.clone()),
+        scripts: ScriptsService::new(pool.clone(), executor.clone()),
+        auth: auth::AuthCache::new(api_keys.clone()),
+        api_keys,
+        executor,
+        script_cache: ScriptCache::default(),
+        metrics: Metrics::new(),
+        config: Arc::new(config),
+        openapi_json: Arc::default(),
+        pool,
+    };
+    let (router, doc) = routes().split_for_parts();
+    let doc_json = doc.to_json().unwrap_or_else(|_| "{}".into());
+    let _ = state.openapi_json.set(doc_json);
+    router
+        .fallback(system::not_found)
+        .layer(DefaultBodyLimit::max(max_request_bytes))
+        .layer(
+            // Spans carry the route template only: never query strings or bodies.
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let route = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_else(|| "unmatched".into());
+                tracing::info_span!("request", method = %req.method(), route)
+            }),
+        )
+        .with_state(state)
+}

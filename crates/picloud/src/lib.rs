@@ -1,0 +1,15 @@
+//! picloud: the server binary's library — configuration, the HTTP app,
+//! the embedded PostgreSQL, start-up and shutdown.
+//!
+//! `main.rs` is a thin CLI over this library; integration tests drive
+//! `http::build_app` directly against a real database.
+
+pub mod config;
+pub mod database;
+pub mod embedded_pg;
+pub mod http;
+pub mod metrics;
+pub mod script_cache;
+pub mod server;
+
+pub use http::build_app;

@@ -1,0 +1,117 @@
+//! `picloud serve`: start-up order, the listener, and graceful shutdown.
+//!
+//! Order matters: configuration, then the database (embedded or external)
+//! and migrations, then the first admin key (written before the listener
+//! accepts anything), then the listener. On SIGTERM or SIGINT the listener
+//! stops accepting, in-flight requests get a bounded grace period, and the
+//! embedded PostgreSQL is stopped before the process exits with 0.
+
+use crate::{
+    config::Config,
+    database::{Database, Ownership},
+    http::build_app,
+};
+use anyhow::Context;
+use picloud_manager_core::service::api_keys::ApiKeysService;
+use picloud_shared::auth::Scope;
+use std::{io::Write, path::Path, time::Duration};
+
+/// How long in-flight requests may run after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    if config.dev_mode {
+        tracing::warn!("dev mode is on: meant for local development only");
+    }
+    let database = Database::open(&config, Ownership::Exclusive).await?;
+    ensure_admin_key(&database, &config.data_dir).await?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "PICLOUD_LISTEN: cannot listen on {}; pick a free address",
+                config.listen
+            )
+        })?;
+    let app = build_app(database.pool.clone(), config.app.clone());
+    tracing::info!(address = %config.listen, "picloud is listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    shutdown_signal().await;
+    tracing::info!("shutdown signal received: no new connections, finishing in-flight requests");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "the HTTP server failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "the HTTP server task failed"),
+        Err(_) => tracing::warn!(
+            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            "in-flight requests did not finish within the grace period; stopping anyway"
+        ),
+    }
+    database.close().await;
+    tracing::info!("picloud stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+/// On first start (no keys at all) creates an admin key, prints it once and
+/// writes it to `<data dir>/admin.key` (0600).
+async fn ensure_admin_key(database: &Database, data_dir: &Path) -> anyhow::Result<()> {
+    let keys = ApiKeysService::new(database.pool.clone());
+    if keys.count().await? > 0 {
+        return Ok(());
+    }
+    let created = keys.create("admin", &[Scope::Admin]).await?;
+    let path = data_dir.join("admin.key");
+    write_private_file(&path, format!("{}\n", created.key).as_bytes())
+        .with_context(|| format!("cannot write the admin key to {}", path.display()))?;
+    // Printed, never logged: this is the one time the key is shown.
+    println!(
+        "\nFirst start: created an admin API key (shown once; also saved to {}):\n\n    {}\n",
+        path.display(),
+        created.key
+    );
+    let _ = std::io::stdout().flush();
+    Ok(())
+}
+
+/// Writes a file readable by its owner only (0600), creating parent dirs.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}

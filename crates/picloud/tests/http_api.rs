@@ -1,0 +1,878 @@
+//! The admin API and invoke, end to end over a real PostgreSQL.
+
+mod support;
+
+use axum::{
+    body::Body,
+    http::{Method, Request, StatusCode},
+};
+use picloud_manager_core::MIGRATOR;
+use picloud_shared::auth::Scope;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use support::{assert_error, TestApp};
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn apps_crud_and_shapes(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let (status, app) = t
+        .admin(
+            Method::POST,
+            "/api/v1/admin/apps",
+            Some(json!({"name": "shop"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = app["id"].as_str().unwrap().to_owned();
+    assert_eq!(app["name"], "shop");
+    assert!(app["created_at"].as_str().unwrap().ends_with('Z'), "{app}");
+    t.create_app("blog").await;
+
+    let (status, list) = t.admin(Method::GET, "/api/v1/admin/apps", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["blog", "shop"], "newest first");
+
+    let (status, got) = t
+        .admin(Method::GET, &format!("/api/v1/admin/apps/{id}"), None)
+        .await;
+    assert_eq!((status, got), (StatusCode::OK, app));
+
+    let (status, body) = t
+        .admin(
+            Method::POST,
+            "/api/v1/admin/apps",
+            Some(json!({"name": "shop"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+
+    let (status, _) = t
+        .admin(Method::DELETE, &format!("/api/v1/admin/apps/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = t
+        .admin(Method::DELETE, &format!("/api/v1/admin/apps/{id}"), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn scripts_crud_versions_and_compile_errors(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("a").await;
+    let base = format!("/api/v1/admin/apps/{app}/scripts");
+    let (status, script) = t
+        .admin(
+            Method::POST,
+            &base,
+            Some(json!({"name": "hello", "source": "40 + 2"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{script}");
+    assert_eq!(script["version"], 1);
+    assert_eq!(script["public"], false);
+    assert_eq!(script["app_id"], app.as_str());
+    assert!(
+        script.get("source").is_none(),
+        "create answers metadata only"
+    );
+    let id = script["id"].as_str().unwrap();
+
+    let (status, got) = t.admin(Method::GET, &format!("{base}/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got["source"], "40 + 2");
+
+    let (status, body) = t
+        .admin(
+            Method::POST,
+            &base,
+            Some(json!({"name": "broken", "source": "let x = 1;\nlet y = ;"})),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "compile_error",
+    );
+    assert_eq!(body["error"]["line"], 2, "{body}");
+    assert!(body["error"]["column"].as_u64().unwrap() > 0, "{body}");
+
+    let (status, updated) = t
+        .admin(
+            Method::PUT,
+            &format!("{base}/{id}"),
+            Some(json!({"name": "hello", "source": "1", "public": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["version"], 2);
+    assert_eq!(updated["public"], true);
+    let (_, updated) = t
+        .admin(
+            Method::PUT,
+            &format!("{base}/{id}"),
+            Some(json!({"name": "hello", "source": "2"})),
+        )
+        .await;
+    assert_eq!(updated["version"], 3);
+    assert_eq!(updated["public"], true, "an omitted public keeps its value");
+
+    let (status, body) = t
+        .admin(
+            Method::PUT,
+            &format!("{base}/{id}"),
+            Some(json!({"name": "hello", "source": "fn ("})),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "compile_error",
+    );
+    let (_, got) = t.admin(Method::GET, &format!("{base}/{id}"), None).await;
+    assert_eq!(got["source"], "2", "a failed update changes nothing");
+
+    let (status, list) = t.admin(Method::GET, &base, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    let (status, _) = t.admin(Method::DELETE, &format!("{base}/{id}"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = t.admin(Method::GET, &format!("{base}/{id}"), None).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn api_keys_shown_once_and_deletion_revokes_at_once(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let (status, created) = t
+        .admin(
+            Method::POST,
+            "/api/v1/admin/api-keys",
+            Some(json!({"name": "ci", "scopes": ["app:read"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("pk_"));
+    assert_eq!(created["scopes"], json!(["app:read"]));
+
+    let (status, list) = t.admin(Method::GET, "/api/v1/admin/api-keys", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k.get("key").is_none()),
+        "{list}"
+    );
+
+    let (status, _) = t
+        .call(Method::GET, "/api/v1/admin/apps", Some(&key), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "the key works (and is now cached)");
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = t
+        .admin(
+            Method::DELETE,
+            &format!("/api/v1/admin/api-keys/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = t
+        .call(Method::GET, "/api/v1/admin/apps", Some(&key), None)
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+
+    let (status, body) = t
+        .admin(
+            Method::POST,
+            "/api/v1/admin/api-keys",
+            Some(json!({"name": "x", "scopes": ["root"]})),
+        )
+        .await;
+    let message = assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+    );
+    assert!(
+        !message.contains("root"),
+        "messages never echo input: {message}"
+    );
+}
+
+/// Every admin route: no key → 401, a key without the scope → 403, the scope → 2xx.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("matrix").await;
+    let script = t.create_script(&app, "s", "1", false).await;
+
+    let mut checked = 0;
+    for scope in [
+        Scope::AppRead,
+        Scope::AppWrite,
+        Scope::ScriptRead,
+        Scope::ScriptWrite,
+        Scope::Admin,
+    ] {
+        // Fresh resources for routes that consume them.
+        let victim_app = t
+            .create_app(&format!("victim-{}", scope.as_str().replace(':', "-")))
+            .await;
+        let victim_script = t
+            .create_script(
+                &app,
+                &format!("v-{}", scope.as_str().replace(':', "-")),
+                "1",
+                false,
+            )
+            .await;
+        let (_, victim_key) = t
+            .admin(
+                Method::POST,
+                "/api/v1/admin/api-keys",
+                Some(json!({"name": "victim", "scopes": ["data:read"]})),
+            )
+            .await;
+        let victim_key = victim_key["id"].as_str().unwrap().to_owned();
+
+        let routes: Vec<(Method, String, Option<Value>, StatusCode)> = match scope {
+            Scope::AppRead => vec![
+                (
+                    Method::GET,
+                    "/api/v1/admin/apps".into(),
+                    None,
+                    StatusCode::OK,
+                ),
+                (
+                    Method::GET,
+                    format!("/api/v1/admin/apps/{app}"),
+                    None,
+                    StatusCode::OK,
+                ),
+            ],
+            Scope::AppWrite => vec![
+                (
+                    Method::POST,
+                    "/api/v1/admin/apps".into(),
+                    Some(json!({"name": "made-by-matrix"})),
+                    StatusCode::CREATED,
+                ),
+                (
+                    Method::DELETE,
+                    format!("/api/v1/admin/apps/{victim_app}"),
+                    None,
+                    StatusCode::NO_CONTENT,
+                ),
+            ],
+            Scope::ScriptRead => vec![
+                (
+                    Method::GET,
+                    format!("/api/v1/admin/apps/{app}/scripts"),
+                    None,
+                    StatusCode::OK,
+                ),
+                (
+                    Method::GET,
+                    format!("/api/v1/admin/apps/{app}/scripts/{script}"),
+                    None,
+                    StatusCode::OK,
+                ),
+            ],
+            Scope::ScriptWrite => vec![
+                (
+                    Method::POST,
+                    format!("/api/v1/admin/apps/{app}/scripts"),
+                    Some(json!({"name": "new", "source": "1"})),
+                    StatusCode::CREATED,
+                ),
+                (
+                    Method::PUT,
+                    format!("/api/v1/admin/apps/{app}/scripts/{script}"),
+                    Some(json!({"name": "s", "source": "2"})),
+                    StatusCode::OK,
+                ),
+                (
+                    Method::DELETE,
+                    format!("/api/v1/admin/apps/{app}/scripts/{victim_script}"),
+                    None,
+                    StatusCode::NO_CONTENT,
+                ),
+            ],
+            _ => vec![
+                (
+                    Method::POST,
+                    "/api/v1/admin/api-keys".into(),
+                    Some(json!({"name": "k", "scopes": ["app:read"]})),
+                    StatusCode::CREATED,
+                ),
+                (
+                    Method::GET,
+                    "/api/v1/admin/api-keys".into(),
+                    None,
+                    StatusCode::OK,
+                ),
+                (
+                    Method::DELETE,
+                    format!("/api/v1/admin/api-keys/{victim_key}"),
+                    None,
+                    StatusCode::NO_CONTENT,
+                ),
+            ],
+        };
+        let wrong: Vec<Scope> = Scope::ALL
+            .into_iter()
+            .filter(|s| *s != scope && *s != Scope::Admin)
+            .collect();
+        let right = t.key_with(&[scope]).await;
+        let wrong = t.key_with(&wrong).await;
+        for (method, uri, body, ok) in routes {
+            let (status, resp) = t.call(method.clone(), &uri, None, body.clone()).await;
+            assert_error(status, &resp, StatusCode::UNAUTHORIZED, "unauthorized");
+            let (status, resp) = t
+                .call(method.clone(), &uri, Some(&wrong), body.clone())
+                .await;
+            let message = assert_error(status, &resp, StatusCode::FORBIDDEN, "forbidden");
+            assert!(
+                message.contains(scope.as_str()),
+                "{method} {uri}: {message}"
+            );
+            let (status, resp) = t.call(method.clone(), &uri, Some(&right), body).await;
+            assert_eq!(status, ok, "{method} {uri} with {scope}: {resp}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 12, "every admin route was checked");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn invoke_returns_values_and_follows_updates(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("a").await;
+    let id = t
+        .create_script(
+            &app,
+            "calc",
+            "let b = ctx.request.body; #{ sum: b.n + 1, app: ctx.app_id, name: ctx.script.name }",
+            false,
+        )
+        .await;
+    let (status, out) = t.invoke(&app, "calc", json!({"n": 41})).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out, json!({"sum": 42, "app": app, "name": "calc"}));
+
+    for (source, expected) in [
+        ("()", Value::Null),
+        ("1.5", json!(1.5)),
+        ("true", json!(true)),
+        (r#""text""#, json!("text")),
+        ("[1, \"two\", [3]]", json!([1, "two", [3]])),
+    ] {
+        let (status, _) = t
+            .admin(
+                Method::PUT,
+                &format!("/api/v1/admin/apps/{app}/scripts/{id}"),
+                Some(json!({"name": "calc", "source": source})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, out) = t.invoke(&app, "calc", Value::Null).await;
+        assert_eq!(
+            (status, out),
+            (StatusCode::OK, expected),
+            "after updating to {source}"
+        );
+    }
+
+    // A renamed script answers under its new name only.
+    t.admin(
+        Method::PUT,
+        &format!("/api/v1/admin/apps/{app}/scripts/{id}"),
+        Some(json!({"name": "renamed", "source": "7"})),
+    )
+    .await;
+    let (status, _) = t.invoke(&app, "calc", Value::Null).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(t.invoke(&app, "renamed", Value::Null).await.1, json!(7));
+
+    // Deleted: gone from the cache at once.
+    t.admin(
+        Method::DELETE,
+        &format!("/api/v1/admin/apps/{app}/scripts/{id}"),
+        None,
+    )
+    .await;
+    let (status, body) = t.invoke(&app, "renamed", Value::Null).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+
+    let (status, body) = {
+        t.create_script(&app, "thrower", r#"throw "nope""#, false)
+            .await;
+        t.invoke(&app, "thrower", Value::Null).await
+    };
+    let message = assert_error(
+        status,
+        &body,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "script_error",
+    );
+    assert!(message.contains("nope"), "{message}");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn public_scripts_run_without_a_key_private_ones_do_not(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("a").await;
+    t.create_script(&app, "open", "\"hi\"", true).await;
+    t.create_script(&app, "closed", "\"secret\"", false).await;
+    let uri = |s: &str| format!("/api/v1/apps/{app}/invoke/{s}");
+
+    let (status, out) = t.call(Method::POST, &uri("open"), None, None).await;
+    assert_eq!((status, out), (StatusCode::OK, json!("hi")));
+    let (status, body) = t.call(Method::POST, &uri("closed"), None, None).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    // An unknown script looks the same as a private one to a stranger.
+    let (status, body) = t.call(Method::POST, &uri("missing"), None, None).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+
+    let reader = t.key_with(&[Scope::DataRead, Scope::AppWrite]).await;
+    let (status, body) = t
+        .call(Method::POST, &uri("closed"), Some(&reader), None)
+        .await;
+    let message = assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    assert!(message.contains("data:write"), "{message}");
+    let writer = t.key_with(&[Scope::DataWrite]).await;
+    let (status, out) = t
+        .call(Method::POST, &uri("closed"), Some(&writer), None)
+        .await;
+    assert_eq!((status, out), (StatusCode::OK, json!("secret")));
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn scripts_never_see_credentials_in_headers(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("a").await;
+    t.create_script(&app, "h", "ctx.request.headers", false)
+        .await;
+    let request = Request::post(format!("/api/v1/apps/{app}/invoke/h"))
+        .header("authorization", format!("Bearer {}", t.admin_key))
+        .header("cookie", "session=abc")
+        .header("x-custom", "yes")
+        .body(Body::empty())
+        .unwrap();
+    let (status, bytes) = t.send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    let headers: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(headers["x-custom"], "yes", "{headers}");
+    assert!(
+        headers.get("authorization").is_none() && headers.get("cookie").is_none(),
+        "{headers}"
+    );
+    assert!(!String::from_utf8_lossy(&bytes).contains(&t.admin_key));
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn kv_round_trips_every_type_through_scripts(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("a").await;
+    let other = t.create_app("b").await;
+    let script = r#"
+        let v = ctx.request.body;
+        kv::set("things", "s", "text");
+        kv::set("things", "i", 42);
+        kv::set("things", "f", 2.5);
+        kv::set("things", "b", false);
+        kv::set("things", "m", #{ a: 1, nested: #{ list: [1, 2.5, "x", ()] } });
+        kv::set("things", "a", [1, "two", true]);
+        kv::set("things", "u", ());
+        kv::set("other", "x:1", 1);
+        #{
+            s: kv::get("things", "s"), s_is_string: type_of(kv::get("things", "s")) == "string",
+            i: kv::get("things", "i"), i_is_int: type_of(kv::get("things", "i")) == "i64",
+            f: kv::get("things", "f"), f_is_float: type_of(kv::get("things", "f")) == "f64",
+            b: kv::get("things", "b"),
+            m: kv::get("things", "m"), m_is_map: type_of(kv::get("things", "m")) == "map",
+            a: kv::get("things", "a"), a_is_array: type_of(kv::get("things", "a")) == "array",
+            u: kv::get("things", "u"),
+            missing: kv::get("things", "nope"),
+            all: kv::list("things"),
+            prefixed: kv::list("other", "x:"),
+            none: kv::list("other", "y"),
+        }
+    "#;
+    t.create_script(&app, "kv", script, false).await;
+    let (status, out) = t.invoke(&app, "kv", Value::Null).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["s"], "text");
+    assert_eq!(out["i"], 42);
+    assert_eq!(out["f"], 2.5);
+    assert_eq!(out["b"], false);
+    assert_eq!(
+        out["m"],
+        json!({"a": 1, "nested": {"list": [1, 2.5, "x", null]}})
+    );
+    assert_eq!(out["a"], json!([1, "two", true]));
+    assert_eq!(out["u"], Value::Null);
+    assert_eq!(out["missing"], Value::Null);
+    for flag in [
+        "s_is_string",
+        "i_is_int",
+        "f_is_float",
+        "m_is_map",
+        "a_is_array",
+    ] {
+        assert_eq!(out[flag], true, "{flag}: {out}");
+    }
+    assert_eq!(
+        out["all"],
+        json!(["a", "b", "f", "i", "m", "s", "u"]),
+        "() is stored, ascending order"
+    );
+    assert_eq!(out["prefixed"], json!(["x:1"]));
+    assert_eq!(out["none"], json!([]));
+
+    // Apps cannot see each other's kv.
+    t.create_script(
+        &other,
+        "peek",
+        r#"#{ v: kv::get("things", "s"), keys: kv::list("things") }"#,
+        false,
+    )
+    .await;
+    let (_, out) = t.invoke(&other, "peek", Value::Null).await;
+    assert_eq!(out, json!({"v": null, "keys": []}));
+
+    // SDK errors are catchable maps with kind and message.
+    t.create_script(
+        &app,
+        "bad",
+        r#"let caught = (); try { kv::set("no/slash", "k", 1) } catch (e) { caught = e } caught"#,
+        false,
+    )
+    .await;
+    let (_, out) = t.invoke(&app, "bad", Value::Null).await;
+    assert_eq!(out["kind"], "invalid_argument", "{out}");
+    assert!(
+        out["message"].as_str().unwrap().contains("collection"),
+        "{out}"
+    );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn runaway_scripts_stop_with_a_limit_while_others_run(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("a").await;
+    t.create_script(&app, "spin", "loop {}", false).await;
+    t.create_script(
+        &app,
+        "bomb",
+        r#"let s = "xxxxxxxx"; loop { s += s; }"#,
+        false,
+    )
+    .await;
+    t.create_script(&app, "quick", "1 + 1", false).await;
+
+    let spinning = {
+        let router = t.router.clone();
+        let key = t.admin_key.clone();
+        let app = app.clone();
+        let pool = t.pool.clone();
+        tokio::spawn(async move {
+            let t2 = TestApp {
+                router,
+                pool,
+                admin_key: key,
+            };
+            t2.invoke(&app, "spin", Value::Null).await
+        })
+    };
+    // While `spin` burns its budget, other invokes are answered.
+    for _ in 0..5 {
+        let (status, out) = t.invoke(&app, "quick", Value::Null).await;
+        assert_eq!((status, out), (StatusCode::OK, json!(2)));
+    }
+    assert!(
+        !spinning.is_finished(),
+        "the quick invokes finished while the runaway script still ran"
+    );
+    let (status, body) = spinning.await.unwrap();
+    let message = assert_error(
+        status,
+        &body,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "script_limit",
+    );
+    assert!(
+        message.contains("timeout") || message.contains("operations"),
+        "{message}"
+    );
+
+    let (status, body) = t.invoke(&app, "bomb", Value::Null).await;
+    let message = assert_error(
+        status,
+        &body,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "script_limit",
+    );
+    assert!(message.contains("string"), "{message}");
+
+    let (_, metrics) = t.call(Method::GET, "/metrics", None, None).await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(
+        metrics.contains(r#"picloud_script_runs_total{outcome="limit",trigger="http"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"picloud_script_runs_total{outcome="ok",trigger="http"} 5"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("picloud_script_run_duration_seconds_bucket"),
+        "{metrics}"
+    );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn bad_input_gets_clear_json_errors(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("a").await;
+    t.create_script(&app, "echo", "ctx.request.body", false)
+        .await;
+    let key = t.admin_key.clone();
+    let post = |uri: String, body: &'static str| {
+        Request::post(uri)
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let parse =
+        |bytes: Vec<u8>| -> Value { serde_json::from_slice(&bytes).expect("errors are JSON") };
+
+    // Malformed JSON, admin and invoke.
+    let (status, bytes) = t
+        .send(post("/api/v1/admin/apps".into(), "{\"name\": "))
+        .await;
+    let message = assert_error(
+        status,
+        &parse(bytes),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert!(message.contains("JSON"), "{message}");
+    let (status, bytes) = t
+        .send(post(format!("/api/v1/apps/{app}/invoke/echo"), "{oops"))
+        .await;
+    assert_error(
+        status,
+        &parse(bytes),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    // Wrong shape: a missing field, and a wrong type whose value is not echoed.
+    let (status, bytes) = t.send(post("/api/v1/admin/apps".into(), "{}")).await;
+    let message = assert_error(
+        status,
+        &parse(bytes),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+    );
+    assert!(message.contains("name"), "{message}");
+    let (status, bytes) = t
+        .send(post(
+            "/api/v1/admin/apps".into(),
+            r#"{"name": ["sneaky-value"]}"#,
+        ))
+        .await;
+    let message = assert_error(
+        status,
+        &parse(bytes),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+    );
+    assert!(!message.contains("sneaky"), "{message}");
+
+    // Unknown app, script, route; malformed ids.
+    let unknown = uuid::Uuid::new_v4();
+    let (status, body) = t
+        .admin(Method::GET, &format!("/api/v1/admin/apps/{unknown}"), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = t
+        .admin(
+            Method::GET,
+            &format!("/api/v1/admin/apps/{unknown}/scripts"),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = t.invoke(&unknown.to_string(), "echo", Value::Null).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = t.invoke(&app, "nope", Value::Null).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = t
+        .admin(Method::GET, "/api/v1/admin/apps/not-a-uuid", None)
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    let (status, body) = t.admin(Method::GET, "/api/v1/nothing-here", None).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+
+    // Oversized bodies (limit 64 KiB in tests), with and without a Content-Length.
+    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(70 * 1024));
+    let request = Request::post("/api/v1/admin/apps")
+        .header("authorization", format!("Bearer {}", t.admin_key))
+        .header("content-type", "application/json")
+        .header("content-length", big.len())
+        .body(Body::from(big.clone()))
+        .unwrap();
+    let (status, bytes) = t.send(request).await;
+    assert_error(
+        status,
+        &parse(bytes),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+    );
+    let stream = Body::from_stream(futures_stream(big.into_bytes()));
+    let request = Request::post(format!("/api/v1/apps/{app}/invoke/echo"))
+        .header("authorization", format!("Bearer {}", t.admin_key))
+        .body(stream)
+        .unwrap();
+    let (status, bytes) = t.send(request).await;
+    assert_error(
+        status,
+        &parse(bytes),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+    );
+    let (_, list) = t.admin(Method::GET, "/api/v1/admin/apps", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "nothing was created");
+
+    // Invalid names.
+    for name in ["", "has space", "dot.ted", &"x".repeat(65)] {
+        let (status, body) = t
+            .admin(
+                Method::POST,
+                "/api/v1/admin/apps",
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+        );
+        let (status, body) = t
+            .admin(
+                Method::POST,
+                &format!("/api/v1/admin/apps/{app}/scripts"),
+                Some(json!({"name": name, "source": "1"})),
+            )
+            .await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+        );
+    }
+
+    // Missing and malformed Authorization headers.
+    for header in [
+        None,
+        Some("Basic abc"),
+        Some("Bearer"),
+        Some("Bearer a b"),
+        Some("Bearer pk_short"),
+        Some("Bearer sk_live_xyz"),
+    ] {
+        let mut builder = Request::get("/api/v1/admin/apps");
+        if let Some(h) = header {
+            builder = builder.header("authorization", h);
+        }
+        let (status, bytes) = t.send(builder.body(Body::empty()).unwrap()).await;
+        let message = assert_error(
+            status,
+            &parse(bytes),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+        if let Some(h) = header {
+            let secret_part = h
+                .trim_start_matches("Bearer")
+                .trim_start_matches("Basic")
+                .trim();
+            assert!(
+                secret_part.is_empty() || !message.contains(secret_part),
+                "{message}"
+            );
+        }
+    }
+    let unknown_key = format!("pk_{}", "A".repeat(43));
+    let (status, body) = t
+        .call(Method::GET, "/api/v1/admin/apps", Some(&unknown_key), None)
+        .await;
+    let message = assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert!(!message.contains(&unknown_key));
+}
+
+/// A body that arrives in chunks, without a Content-Length.
+fn futures_stream(
+    bytes: Vec<u8>,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send {
+    struct Chunks(Vec<Vec<u8>>);
+    impl futures_core::Stream for Chunks {
+        type Item = Result<Vec<u8>, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(if self.0.is_empty() {
+                None
+            } else {
+                Some(Ok(self.0.remove(0)))
+            })
+        }
+    }
+    Chunks(bytes.chunks(8192).map(<[u8]>::to_vec).collect())
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn health_readiness_index_and_metrics(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    assert_eq!(
+        t.call(Method::GET, "/healthz", None, None).await,
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    assert_eq!(
+        t.call(Method::GET, "/readyz", None, None).await,
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    let (status, page) = t.call(Method::GET, "/", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.as_str().unwrap().contains("/api/v1/openapi.json"));
+    let (status, _) = t.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Readiness fails once the database is gone.
+    t.pool.close().await;
+    let (status, body) = t.call(Method::GET, "/readyz", None, None).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+}
