@@ -2,6 +2,7 @@
 
 mod executor;
 mod kv;
+mod probe;
 mod sandbox;
 
 use crate::testing::MemoryKv;

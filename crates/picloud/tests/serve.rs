@@ -1,0 +1,342 @@
+//! The real `picloud` binary: `serve --dev` on an embedded cluster, restart with
+//! data kept, the data-dir lock, CLI commands beside a running server, signals,
+//! and logs that never carry keys.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_picloud");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A data dir the postgres user can reach (tempdirs are 0700).
+fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::Builder::new()
+        .prefix("picloud-serve-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let dir = tmp.path().join("data");
+    (tmp, dir)
+}
+
+fn command(data: &Path, port: u16) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .env("PICLOUD_DATA_DIR", data)
+        .env("PICLOUD_LISTEN", format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A running server whose output goes to files (a pipe nobody reads could block it).
+struct Server {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    port: u16,
+}
+
+impl Server {
+    fn start(data: &Path, port: u16, tag: &str, extra_env: &[(&str, &str)]) -> Server {
+        let stdout = data.with_file_name(format!("{tag}.stdout"));
+        let stderr = data.with_file_name(format!("{tag}.stderr"));
+        let mut cmd = command(data, port);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        // Its own process group, as a terminal job would be.
+        cmd.process_group(0)
+            .arg("serve")
+            .arg("--dev")
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        let child = cmd.spawn().expect("spawn picloud");
+        let mut server = Server {
+            child,
+            stdout,
+            stderr,
+            port,
+        };
+        server.wait_healthy();
+        server
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("picloud exited early ({status}): {}", self.logs());
+            }
+            if let Ok((200, _)) = http(self.port, "GET", "/healthz", None, None) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("picloud did not become healthy: {}", self.logs());
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            std::fs::read_to_string(&self.stdout).unwrap_or_default(),
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
+    }
+
+    /// Sends `signal` to the whole process group and waits for the exit code.
+    fn stop(mut self, signal: nix::sys::signal::Signal) -> (i32, String) {
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::killpg(pgid, signal).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let logs = self.logs();
+                return (status.code().unwrap_or(-1), logs);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "picloud did not stop: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A failed test must not leave a server (and its PostgreSQL) behind.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection: (status, body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.unwrap_or("");
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|_| panic!("not JSON: {s}"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn serve_dev_tour_restart_lock_cli_and_signals() {
+    let (_tmp, data) = data_dir();
+    let port = free_port();
+    let server = Server::start(&data, port, "first", &[("PICLOUD_LOG_FORMAT", "json")]);
+
+    // First start: an admin key, printed once and saved 0600.
+    let key_file = data.join("admin.key");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    let key = key.trim_end().to_owned();
+    assert!(key.starts_with("pk_"));
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(std::fs::read_to_string(&server.stdout)
+        .unwrap()
+        .contains(&key));
+
+    // The README tour.
+    let (status, app) = http(
+        port,
+        "POST",
+        "/api/v1/admin/apps",
+        Some(&key),
+        Some(r#"{"name":"demo"}"#),
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{app}");
+    let app_id = json(&app)["id"].as_str().unwrap().to_owned();
+    let (status, script) = http(
+        port,
+        "POST",
+        &format!("/api/v1/admin/apps/{app_id}/scripts"),
+        Some(&key),
+        Some(r#"{"name":"hello","source":"let n = ctx.request.body.n; kv::set(\"counters\", \"n\", n); #{ doubled: n * 2 }"}"#),
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{script}");
+    let (status, out) = http(
+        port,
+        "POST",
+        &format!("/api/v1/apps/{app_id}/invoke/hello"),
+        Some(&key),
+        Some(r#"{"n":21}"#),
+    )
+    .unwrap();
+    assert_eq!(
+        (status, json(&out)),
+        (200, serde_json::json!({"doubled": 42}))
+    );
+    assert_eq!(http(port, "GET", "/readyz", None, None).unwrap().0, 200);
+
+    // A second server on the same data dir refuses with one clear line.
+    let second = run(command(&data, free_port()).args(["serve", "--dev"]));
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another picloud process"), "{err}");
+
+    // CLI beside a running server uses its cluster.
+    let created = run(command(&data, port).args([
+        "admin",
+        "create-key",
+        "--name",
+        "ci",
+        "--scopes",
+        "app:read",
+    ]));
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let ci_key = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    assert_eq!(
+        http(port, "GET", "/api/v1/admin/apps", Some(&ci_key), None)
+            .unwrap()
+            .0,
+        200
+    );
+    let bad =
+        run(command(&data, port).args(["admin", "create-key", "--name", "x", "--scopes", "root"]));
+    assert!(!bad.status.success());
+
+    // SIGTERM: exit 0, PostgreSQL stopped, and the key never reached the logs.
+    let (code, logs) = server.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, 0, "{logs}");
+    let stderr = logs.split("stderr:").nth(1).unwrap_or_default().to_owned();
+    assert!(
+        !stderr.contains(&key) && !stderr.contains(&ci_key),
+        "a key reached the logs"
+    );
+    assert!(stderr.contains("picloud stopped"), "{stderr}");
+    assert!(
+        !data.join("pg/postmaster.pid").exists() || !postmaster_alive(&data),
+        "PostgreSQL still runs"
+    );
+
+    // `migrate` with no server: starts the cluster for the command, then stops it.
+    let migrated = run(command(&data, port).arg("migrate"));
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+
+    // Restart: data kept, no new admin key, and a terminal Ctrl-C (SIGINT to the group) stops it cleanly.
+    let server = Server::start(&data, port, "second", &[]);
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim_end(), key);
+    assert!(!std::fs::read_to_string(&server.stdout)
+        .unwrap()
+        .contains("pk_"));
+    let (status, apps) = http(port, "GET", "/api/v1/admin/apps", Some(&key), None).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(json(&apps)[0]["name"], "demo");
+    let (status, out) = http(
+        port,
+        "POST",
+        &format!("/api/v1/apps/{app_id}/invoke/hello"),
+        Some(&key),
+        Some(r#"{"n":1}"#),
+    )
+    .unwrap();
+    assert_eq!(
+        (status, json(&out)),
+        (200, serde_json::json!({"doubled": 2}))
+    );
+    let (code, logs) = server.stop(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(code, 0, "{logs}");
+}
+
+/// True when the cluster's postmaster.pid names a live process.
+fn postmaster_alive(data: &Path) -> bool {
+    let Ok(pid_file) = std::fs::read_to_string(data.join("pg/postmaster.pid")) else {
+        return false;
+    };
+    let pid: i32 = pid_file
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+#[test]
+fn config_errors_fail_start_with_one_line_naming_the_variable() {
+    let (_tmp, data) = data_dir();
+    for (var, value) in [
+        ("PICLOUD_LISTEN", "not-an-address"),
+        ("PICLOUD_MAX_REQUEST_BYTES", "lots"),
+        ("PICLOUD_LOG_FORMAT", "xml"),
+        ("PICLOUD_SCRIPT_TIMEOUT_MS", "0"),
+    ] {
+        let out = run(command(&data, free_port())
+            .env(var, value)
+            .args(["serve", "--dev"]));
+        assert!(!out.status.success(), "{var}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{var}: {err}");
+        assert!(err.contains(var), "{var}: {err}");
+        assert!(
+            !data.join("pg").exists(),
+            "config is checked before any database work"
+        );
+    }
+}
