@@ -5,6 +5,7 @@
 //! position; Rhai's multi-line call traces and Rust debug output never reach
 //! a caller.
 
+use crate::sandbox::MEMORY_TOKEN;
 use crate::SandboxLimits;
 use picloud_shared::script::CompileError;
 use rhai::{Dynamic, EvalAltResult, ParseError, Position};
@@ -25,7 +26,7 @@ pub enum RunError {
     #[error("{message}")]
     Limit {
         /// The limit that was hit: `max_operations`, `timeout`, `max_call_depth`,
-        /// `max_string_bytes`, `max_array_items` or `max_map_items`.
+        /// `max_string_bytes`, `max_array_items`, `max_map_items` or `max_memory_bytes`.
         limit: &'static str,
         /// One line naming the limit and its configured value.
         message: String,
@@ -64,7 +65,11 @@ impl RunError {
     }
 
     /// Classifies an error a run ended with.
-    pub(crate) fn from_eval(err: EvalAltResult, limits: &SandboxLimits) -> Self {
+    pub(crate) fn from_eval(
+        err: EvalAltResult,
+        limits: &SandboxLimits,
+        max_memory_bytes: usize,
+    ) -> Self {
         let mut err = innermost(err);
         let pos = err.position();
         let limit = |limit: &'static str, message: String| RunError::Limit { limit, message };
@@ -77,6 +82,19 @@ impl RunError {
                     at(pos)
                 ),
             ),
+            EvalAltResult::ErrorTerminated(token, _)
+                if token
+                    .as_immutable_string_ref()
+                    .is_ok_and(|t| t.as_str() == MEMORY_TOKEN) =>
+            {
+                limit(
+                    "max_memory_bytes",
+                    format!(
+                        "script exceeded the memory limit of {max_memory_bytes} bytes{}",
+                        at(pos)
+                    ),
+                )
+            }
             EvalAltResult::ErrorTerminated(..) => limit(
                 "timeout",
                 format!(

@@ -4,15 +4,17 @@
 
 use crate::convert::{dynamic_to_json, json_to_dynamic};
 use crate::error::{compile_error, compile_run_error, RunError};
+use crate::memory;
 use crate::run_state::{self, RunState};
 use crate::sandbox;
 use crate::sdk::SdkEnv;
 use crate::SandboxLimits;
 use picloud_shared::ids::{AppId, ScriptId};
-use picloud_shared::kv::KvService;
 use picloud_shared::script::{CompileError, ScriptCompiler};
+use picloud_shared::{kv::KvService, secrets::SecretsService};
 use rhai::{Dynamic, Engine, Map, Scope, AST};
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
@@ -22,6 +24,8 @@ use std::time::Instant;
 pub struct Services {
     /// Backs `kv::`.
     pub kv: Arc<dyn KvService>,
+    /// Backs `secrets::`.
+    pub secrets: Arc<dyn SecretsService>,
 }
 
 /// The script to run: its identity, version (the cache key) and source.
@@ -73,6 +77,7 @@ struct CachedAst {
 pub struct Executor {
     engine: Engine,
     limits: SandboxLimits,
+    max_memory_bytes: usize,
     cache: RwLock<HashMap<ScriptId, CachedAst>>,
     compiles: AtomicU64,
 }
@@ -81,6 +86,12 @@ impl Executor {
     /// Builds the executor and its one shared engine; SDK calls run their
     /// async work on `runtime` (which must have its time driver enabled).
     pub fn new(limits: SandboxLimits, services: Services, runtime: tokio::runtime::Handle) -> Self {
+        if !memory::is_installed() {
+            tracing::warn!(
+                "memory::CountingAllocator is not the global allocator: \
+                 the per-run memory budget is not enforced"
+            );
+        }
         let env = Arc::new(SdkEnv {
             services,
             runtime,
@@ -89,6 +100,7 @@ impl Executor {
         Self {
             engine: sandbox::build_engine(&limits, env),
             limits,
+            max_memory_bytes: memory::DEFAULT_MAX_MEMORY_BYTES,
             cache: RwLock::new(HashMap::new()),
             compiles: AtomicU64::new(0),
         }
@@ -111,13 +123,31 @@ impl Executor {
             trigger: ctx.trigger,
             deadline: Instant::now().checked_add(self.limits.timeout),
         };
+        let ctx_app = ctx.app_id;
         let mut scope = Scope::new();
         scope.push("ctx", build_ctx(script, ctx));
 
         let guard = run_state::enter(state);
-        let outcome = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast);
+        let memory_guard = memory::start_run(self.max_memory_bytes);
+        // A panic inside Rhai is a bug of the engine, not of the caller: report
+        // it as a failed run. The engine is only read during a run, so it stays sound.
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
+        }));
+        drop(memory_guard);
         drop(guard);
 
+        let Ok(outcome) = outcome else {
+            tracing::error!(
+                app_id = %ctx_app,
+                script = %script.name,
+                "the script engine panicked"
+            );
+            return Err(RunError::script_at(
+                "the script engine failed unexpectedly".into(),
+                rhai::Position::NONE,
+            ));
+        };
         match outcome {
             Ok(value) => dynamic_to_json(&value).map_err(|err| {
                 RunError::script_at(
@@ -128,8 +158,24 @@ impl Executor {
                     rhai::Position::NONE,
                 )
             }),
-            Err(err) => Err(RunError::from_eval(*err, &self.limits)),
+            Err(err) => Err(RunError::from_eval(
+                *err,
+                &self.limits,
+                self.max_memory_bytes,
+            )),
         }
+    }
+
+    /// Sets the memory budget of one run in bytes (0: unlimited); enforced only
+    /// when [`memory::CountingAllocator`] is the global allocator.
+    pub fn with_max_memory_bytes(mut self, bytes: usize) -> Self {
+        self.max_memory_bytes = bytes;
+        self
+    }
+
+    /// The memory budget of one run, in bytes.
+    pub fn max_memory_bytes(&self) -> usize {
+        self.max_memory_bytes
     }
 
     /// Drops the cached AST of script `id` (after an update or a delete).

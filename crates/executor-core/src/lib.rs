@@ -30,22 +30,42 @@
 //! [`Executor::run`] is synchronous. Callers run it on a blocking thread
 //! (`tokio::task::spawn_blocking`); SDK calls drive their async service call
 //! with `Handle::block_on` on that thread, so runtime workers never block.
-//! The tokio runtime needs its time driver (`enable_all`). Deep script
-//! recursion uses native stack: give blocking threads a generous stack
-//! (`Builder::thread_stack_size`, e.g. 8 MiB) when `max_call_depth` is high.
+//! The tokio runtime needs its time driver (`enable_all`). Install
+//! [`memory::CountingAllocator`] as the binary's global allocator so the
+//! per-run memory budget is enforced (see [`memory`] for why). Build the
+//! runtime with `thread_stack_size(`[`SCRIPT_THREAD_STACK_BYTES`]`)`: Rhai
+//! clones, checks and drops nested values recursively, so a script that
+//! nests arrays thousands deep (`loop { a = [a]; }`, allowed by the item
+//! limits) overflows tokio's default 2 MiB stack and aborts the process.
+
+#![warn(missing_docs)]
 
 mod convert;
 mod error;
 mod executor;
 mod limits;
+pub mod memory;
 mod run_state;
 mod sandbox;
-pub mod sdk;
+mod sdk;
 pub mod testing;
 
 pub use error::RunError;
 pub use executor::{Executor, RequestInfo, RunContext, ScriptHandle, Services};
 pub use limits::SandboxLimits;
 
+/// Stack size for the threads that run scripts (tokio's `thread_stack_size`).
+///
+/// Nesting depth is bounded only by the item limits (100,000 each for arrays
+/// and maps) and by the run's time, and Rhai recurses once per level when it
+/// clones, size-checks or drops a value: a debug build overflowed a 2 MiB
+/// stack below 4,000 levels. 64 MiB is reserved, not committed: its pages are
+/// touched only by scripts that nest deeply.
+pub const SCRIPT_THREAD_STACK_BYTES: usize = 64 * 1024 * 1024;
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: memory::CountingAllocator = memory::CountingAllocator;

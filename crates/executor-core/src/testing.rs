@@ -229,3 +229,81 @@ mod tests {
         });
     }
 }
+
+/// A `BTreeMap`-backed [`SecretsService`](picloud_shared::secrets::SecretsService)
+/// holding plain JSON (the real service seals; this one only keeps the rules).
+#[derive(Debug)]
+pub struct MemorySecrets {
+    data: Mutex<BTreeMap<(AppId, String), Value>>,
+    max_value_bytes: usize,
+}
+
+impl Default for MemorySecrets {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemorySecrets {
+    /// An empty store with the default 64 KiB cap.
+    pub fn new() -> Self {
+        Self {
+            data: Mutex::default(),
+            max_value_bytes: picloud_shared::secrets::DEFAULT_SECRET_MAX_VALUE_BYTES,
+        }
+    }
+}
+
+#[async_trait]
+impl picloud_shared::secrets::SecretsService for MemorySecrets {
+    async fn get(&self, app: AppId, name: &str) -> Result<Option<Value>, ServiceError> {
+        validate_dotted_name("secret", name)?;
+        let data = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(data.get(&(app, name.to_owned())).cloned())
+    }
+
+    async fn set(
+        &self,
+        app: AppId,
+        name: &str,
+        value: Value,
+    ) -> Result<picloud_shared::secrets::SecretInfo, ServiceError> {
+        validate_dotted_name("secret", name)?;
+        let size = serde_json::to_vec(&value)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > self.max_value_bytes {
+            return Err(ServiceError::TooLarge {
+                limit: self.max_value_bytes,
+                actual: size,
+            });
+        }
+        let mut data = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        data.insert((app, name.to_owned()), value);
+        Ok(picloud_shared::secrets::SecretInfo {
+            name: name.to_owned(),
+            updated_at: chrono::Utc::now(),
+        })
+    }
+
+    async fn delete(&self, app: AppId, name: &str) -> Result<bool, ServiceError> {
+        validate_dotted_name("secret", name)?;
+        let mut data = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(data.remove(&(app, name.to_owned())).is_some())
+    }
+
+    async fn list(
+        &self,
+        app: AppId,
+    ) -> Result<Vec<picloud_shared::secrets::SecretInfo>, ServiceError> {
+        let data = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(data
+            .keys()
+            .filter(|(a, _)| *a == app)
+            .map(|(_, name)| picloud_shared::secrets::SecretInfo {
+                name: name.clone(),
+                updated_at: chrono::Utc::now(),
+            })
+            .collect())
+    }
+}

@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod repo;
+pub mod sealed;
 pub mod service;
 
 pub use error::ManagerError;

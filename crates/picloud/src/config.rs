@@ -28,6 +28,8 @@ pub struct AppConfig {
     pub max_request_bytes: usize,
     /// kv values above this many serialised bytes are refused.
     pub kv_max_value_bytes: usize,
+    /// Secret values above this many serialised bytes are refused.
+    pub secret_max_value_bytes: usize,
     /// The script sandbox.
     pub limits: SandboxLimits,
 }
@@ -37,13 +39,14 @@ impl Default for AppConfig {
         Self {
             max_request_bytes: 2 * 1024 * 1024,
             kv_max_value_bytes: 1024 * 1024,
+            secret_max_value_bytes: picloud_shared::secrets::DEFAULT_SECRET_MAX_VALUE_BYTES,
             limits: SandboxLimits::default(),
         }
     }
 }
 
-/// The whole process configuration.
-#[derive(Debug, Clone)]
+/// The whole process configuration. No `Debug`: it holds key material.
+#[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub public_url: String,
@@ -51,6 +54,10 @@ pub struct Config {
     pub dev_mode: bool,
     pub database_url: Option<String>,
     pub log_format: LogFormat,
+    /// `PICLOUD_SECRET_KEY` as given (parsed by `keys::load_keyring`).
+    pub secret_key: Option<String>,
+    /// `PICLOUD_SECRET_KEYS_PREVIOUS` as given.
+    pub secret_keys_previous: Option<String>,
     pub app: AppConfig,
 }
 
@@ -59,9 +66,9 @@ fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-fn parse_num<T: std::str::FromStr>(name: &'static str, default: T, min: T) -> Result<T, ConfigError>
+fn parse_num<T>(name: &'static str, default: T, min: T) -> Result<T, ConfigError>
 where
-    T: PartialOrd + std::fmt::Display + Copy,
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
     let Some(raw) = var(name) else {
         return Ok(default);
@@ -152,6 +159,8 @@ impl Config {
             dev_mode: dev_flag || parse_bool("PICLOUD_DEV_MODE")?,
             database_url: var("DATABASE_URL"),
             log_format,
+            secret_key: var("PICLOUD_SECRET_KEY"),
+            secret_keys_previous: var("PICLOUD_SECRET_KEYS_PREVIOUS"),
             app: AppConfig {
                 max_request_bytes: parse_num(
                     "PICLOUD_MAX_REQUEST_BYTES",
@@ -161,6 +170,11 @@ impl Config {
                 kv_max_value_bytes: parse_num(
                     "PICLOUD_KV_MAX_VALUE_BYTES",
                     app_defaults.kv_max_value_bytes,
+                    1,
+                )?,
+                secret_max_value_bytes: parse_num(
+                    "PICLOUD_SECRET_MAX_VALUE_BYTES",
+                    app_defaults.secret_max_value_bytes,
                     1,
                 )?,
                 limits,

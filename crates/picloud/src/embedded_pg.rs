@@ -719,7 +719,11 @@ fn last_line(output: &Output) -> Option<String> {
         })
 }
 
-/// The most telling line written to the server log since byte `from`: the last FATAL/PANIC (with its DETAIL).
+/// What the server log says since byte `from` about a failed start, as one line.
+///
+/// That is the last FATAL/PANIC message, with the message of the same process just
+/// before it (often the cause: "invalid value for parameter …") and the DETAIL or HINT
+/// after it; without one, the last line.
 fn log_excerpt(log: &Path, from: u64) -> Option<String> {
     let mut file = File::open(log).ok()?;
     file.seek(SeekFrom::Start(from)).ok()?;
@@ -731,21 +735,49 @@ fn log_excerpt(log: &Path, from: u64) -> Option<String> {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    let fatal = lines
+    let Some(i) = lines
         .iter()
-        .rposition(|l| l.contains("FATAL:") || l.contains("PANIC:"));
-    let Some(i) = fatal else {
+        .rposition(|l| l.contains("FATAL:") || l.contains("PANIC:"))
+    else {
         return lines.last().map(|l| (*l).to_owned());
     };
-    let mut excerpt = lines[i].to_owned();
+    let pid = |line: &str| {
+        line.split_once('[')
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map(|(pid, _)| pid.to_owned())
+    };
+    let mut parts = Vec::new();
+    if let Some(cause) = i.checked_sub(1).and_then(|j| lines.get(j)).filter(|l| {
+        pid(l) == pid(lines[i])
+            && ["LOG:", "ERROR:", "WARNING:"]
+                .iter()
+                .any(|level| l.contains(level))
+    }) {
+        parts.push(log_message(cause));
+    }
+    parts.push(log_message(lines[i]));
     if let Some(detail) = lines
         .get(i + 1)
         .filter(|l| l.contains("DETAIL:") || l.contains("HINT:"))
     {
-        excerpt.push_str(" — ");
-        excerpt.push_str(detail);
+        parts.push(log_message(detail));
     }
-    Some(excerpt)
+    Some(parts.join("; "))
+}
+
+/// A log line without its timestamp and pid prefix.
+fn log_message(line: &str) -> String {
+    let start = [
+        "PANIC:", "FATAL:", "ERROR:", "WARNING:", "LOG:", "DETAIL:", "HINT:",
+    ]
+    .iter()
+    .filter_map(|level| line.find(level))
+    .min()
+    .unwrap_or(0);
+    line[start..]
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Where the cluster of a data dir lives, and why if not in the data dir.

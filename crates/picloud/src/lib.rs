@@ -8,6 +8,7 @@ pub mod config;
 pub mod database;
 pub mod embedded_pg;
 pub mod http;
+pub mod keys;
 pub mod metrics;
 pub mod script_cache;
 pub mod server;

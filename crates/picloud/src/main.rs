@@ -6,9 +6,17 @@ use picloud::{
     config::{Config, LogFormat},
     database::{Database, Ownership},
     http::admin::api_keys::parse_scopes,
+    keys::load_keyring,
 };
-use picloud_manager_core::service::api_keys::ApiKeysService;
+use picloud_manager_core::{sealed::rotate, service::api_keys::ApiKeysService};
+use picloud_shared::crypto::MasterKey;
 use std::process::ExitCode;
+
+/// Counts bytes per thread so the sandbox can stop a script that hoards memory
+/// through containers whose items are each within Rhai's size limits.
+#[global_allocator]
+static ALLOCATOR: picloud_executor_core::memory::CountingAllocator =
+    picloud_executor_core::memory::CountingAllocator;
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +43,24 @@ enum Command {
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
+    },
+    /// Master keys for sealed data.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new random master key (base64 of 32 bytes) for PICLOUD_SECRET_KEY.
+    Generate,
+    /// Re-seal every sealed value under the active key (PICLOUD_SECRET_KEY), reading
+    /// old values with PICLOUD_SECRET_KEYS_PREVIOUS. Idempotent and resumable.
+    Rotate {
+        /// Rows re-sealed per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch_size: i64,
     },
 }
 
@@ -63,11 +89,43 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Keys {
+        command: KeysCommand::Generate,
+    } = cli.command
+    {
+        println!("{}", MasterKey::generate().to_base64());
+        return Ok(());
+    }
     let dev = matches!(cli.command, Command::Serve { dev: true });
     let config = Config::from_env(dev)?;
     init_tracing(config.log_format);
     match cli.command {
-        Command::Serve { .. } => picloud::server::serve(config).await,
+        Command::Serve { .. } => {
+            // The key is sourced before any database work.
+            let keyring = load_keyring(&config)?;
+            picloud::server::serve(config, keyring).await
+        }
+        Command::Keys {
+            command: KeysCommand::Generate,
+        } => Ok(()),
+        Command::Keys {
+            command: KeysCommand::Rotate { batch_size },
+        } => {
+            let keyring = load_keyring(&config)?;
+            let db = Database::open(&config, Ownership::Shared).await?;
+            let report = rotate(&db.pool, &keyring, batch_size.max(1), None).await;
+            db.close().await;
+            let report = report?;
+            for (table, resealed, already) in &report.tables {
+                println!("{table}: {resealed} re-sealed, {already} already under the active key");
+            }
+            let total: u64 = report.tables.iter().map(|(_, r, _)| r).sum();
+            println!(
+                "rotation complete: {total} values re-sealed under key {}; previous keys are no longer needed",
+                keyring.active_id()
+            );
+            Ok(())
+        }
         Command::Migrate => {
             let db = Database::open(&config, Ownership::Shared).await?;
             println!("migrations applied");

@@ -12,19 +12,24 @@ use crate::{
     http::build_app,
 };
 use anyhow::Context;
-use picloud_manager_core::service::api_keys::ApiKeysService;
-use picloud_shared::auth::Scope;
-use std::{io::Write, path::Path, time::Duration};
+use picloud_manager_core::{sealed::check_keys, service::api_keys::ApiKeysService};
+use picloud_shared::{auth::Scope, crypto::Keyring};
+use std::{io::Write, path::Path, sync::Arc, time::Duration};
 
 /// How long in-flight requests may run after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// Runs the server until SIGTERM or SIGINT.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     if config.dev_mode {
         tracing::warn!("dev mode is on: meant for local development only");
     }
     let database = Database::open(&config, Ownership::Exclusive).await?;
+    // A wrong key must never yield garbage later: refuse to start instead.
+    if let Err(e) = check_keys(&database.pool, &keyring).await {
+        database.close().await;
+        return Err(e.into());
+    }
     ensure_admin_key(&database, &config.data_dir).await?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -35,7 +40,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 config.listen
             )
         })?;
-    let app = build_app(database.pool.clone(), config.app.clone());
+    let app = build_app(database.pool.clone(), config.app.clone(), Arc::new(keyring));
     tracing::info!(address = %config.listen, "picloud is listening");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -22,6 +22,15 @@ fn searchable_data_dir() -> (TempDir, PathBuf) {
     (tmp, data_dir)
 }
 
+/// Shows the module's logs in the output of a failing test.
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_ansi(false)
+        .with_env_filter("picloud=debug")
+        .try_init();
+}
+
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -82,6 +91,7 @@ fn with_pid(lock_text: &str, pid: u32) -> String {
 
 #[tokio::test]
 async fn data_survives_stop_and_start() {
+    init_logging();
     let (_tmp, data_dir) = searchable_data_dir();
     let lock = DataDirLock::acquire(&data_dir).unwrap();
     let meta = fs::metadata(&data_dir).unwrap();
@@ -125,6 +135,7 @@ async fn data_survives_stop_and_start() {
 
 #[tokio::test]
 async fn second_lock_on_the_same_data_dir_is_refused_until_released() {
+    init_logging();
     let (_tmp, data_dir) = searchable_data_dir();
     let first = DataDirLock::acquire(&data_dir).unwrap();
 
@@ -152,6 +163,7 @@ async fn second_lock_on_the_same_data_dir_is_refused_until_released() {
 
 #[tokio::test]
 async fn server_left_running_by_a_killed_picloud_is_taken_over() {
+    init_logging();
     let (_tmp, data_dir) = searchable_data_dir();
     let lock = DataDirLock::acquire(&data_dir).unwrap();
     let pg = EmbeddedPostgres::start(&lock).await.unwrap();
@@ -176,6 +188,7 @@ async fn server_left_running_by_a_killed_picloud_is_taken_over() {
 
 #[tokio::test]
 async fn stale_lock_files_do_not_prevent_start() {
+    init_logging();
     let (_tmp, data_dir) = searchable_data_dir();
     let lock = DataDirLock::acquire(&data_dir).unwrap();
     let mut pg = EmbeddedPostgres::start(&lock).await.unwrap();
@@ -224,6 +237,7 @@ impl Drop for RemoveDir {
 
 #[tokio::test]
 async fn unreachable_data_dir_puts_the_cluster_under_var_lib_picloud() {
+    init_logging();
     // Like /root: as root, the postgres user cannot search it.
     let tmp = tempfile::Builder::new()
         .prefix("picloud-epg-private-")
@@ -269,4 +283,29 @@ async fn unreachable_data_dir_puts_the_cluster_under_var_lib_picloud() {
     assert_eq!(pg.cluster_dir(), cluster);
     assert_eq!(notes(&pg).await, ["outside the data dir"]);
     pg.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn server_that_cannot_start_fails_with_its_log_line() {
+    init_logging();
+    let (_tmp, data_dir) = searchable_data_dir();
+    let lock = DataDirLock::acquire(&data_dir).unwrap();
+    let mut pg = EmbeddedPostgres::start(&lock).await.unwrap();
+    let cluster = pg.cluster_dir().to_path_buf();
+    let log = pg.log_file().to_path_buf();
+    pg.stop().await.unwrap();
+    drop(pg);
+
+    let auto_conf = cluster.join("postgresql.auto.conf");
+    let mut settings = fs::read_to_string(&auto_conf).unwrap();
+    settings.push_str("shared_buffers = 'plenty'\n");
+    fs::write(&auto_conf, settings).unwrap();
+
+    let err = EmbeddedPostgres::start(&lock).await.unwrap_err();
+    assert!(matches!(err, EmbeddedError::StartFailed { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("shared_buffers"), "{message}");
+    assert!(message.contains(&log.display().to_string()), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+    assert!(!cluster.join("postmaster.pid").exists());
 }

@@ -280,6 +280,12 @@ async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
             Scope::ScriptRead => vec![
                 (
                     Method::GET,
+                    format!("/api/v1/admin/apps/{app}/secrets"),
+                    None,
+                    StatusCode::OK,
+                ),
+                (
+                    Method::GET,
                     format!("/api/v1/admin/apps/{app}/scripts"),
                     None,
                     StatusCode::OK,
@@ -292,6 +298,18 @@ async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
                 ),
             ],
             Scope::ScriptWrite => vec![
+                (
+                    Method::POST,
+                    format!("/api/v1/admin/apps/{app}/secrets"),
+                    Some(json!({"name": "tok", "value": "v"})),
+                    StatusCode::OK,
+                ),
+                (
+                    Method::DELETE,
+                    format!("/api/v1/admin/apps/{app}/secrets/tok"),
+                    None,
+                    StatusCode::NO_CONTENT,
+                ),
                 (
                     Method::POST,
                     format!("/api/v1/admin/apps/{app}/scripts"),
@@ -354,7 +372,7 @@ async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
             checked += 1;
         }
     }
-    assert_eq!(checked, 12, "every admin route was checked");
+    assert_eq!(checked, 15, "every admin route was checked");
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -729,8 +747,8 @@ async fn bad_input_gets_clear_json_errors(pool: PgPool) {
     let (status, body) = t.admin(Method::GET, "/api/v1/nothing-here", None).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
 
-    // Oversized bodies (limit 64 KiB in tests), with and without a Content-Length.
-    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(70 * 1024));
+    // Oversized bodies (limit 128 KiB in tests), with and without a Content-Length.
+    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(200 * 1024));
     let request = Request::post("/api/v1/admin/apps")
         .header("authorization", format!("Bearer {}", t.admin_key))
         .header("content-type", "application/json")

@@ -340,3 +340,177 @@ fn config_errors_fail_start_with_one_line_naming_the_variable() {
         );
     }
 }
+
+#[test]
+fn secret_values_never_reach_logs_and_a_wrong_key_refuses_start() {
+    let (_tmp, data) = data_dir();
+    let port = free_port();
+    let server = Server::start(
+        &data,
+        port,
+        "keys",
+        &[("RUST_LOG", "debug"), ("PICLOUD_LOG_FORMAT", "json")],
+    );
+    let key = std::fs::read_to_string(data.join("admin.key"))
+        .unwrap()
+        .trim_end()
+        .to_owned();
+    let (status, app) = http(
+        port,
+        "POST",
+        "/api/v1/admin/apps",
+        Some(&key),
+        Some(r#"{"name":"s"}"#),
+    )
+    .unwrap();
+    assert_eq!(status, 201);
+    let app = json(&app)["id"].as_str().unwrap().to_owned();
+    let secrets = format!("/api/v1/admin/apps/{app}/secrets");
+    // Set, overwrite, a too-large value and a bad name, all carrying markers.
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            &secrets,
+            Some(&key),
+            Some(r#"{"name":"a","value":"MARKER-admin-1"}"#)
+        )
+        .unwrap()
+        .0,
+        200
+    );
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            &secrets,
+            Some(&key),
+            Some(r#"{"name":"a","value":{"nested":"MARKER-admin-2"}}"#)
+        )
+        .unwrap()
+        .0,
+        200
+    );
+    let big = format!(
+        r#"{{"name":"big","value":"MARKER-big-{}"}}"#,
+        "z".repeat(70_000)
+    );
+    assert_eq!(
+        http(port, "POST", &secrets, Some(&key), Some(&big))
+            .unwrap()
+            .0,
+        413
+    );
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            &secrets,
+            Some(&key),
+            Some(r#"{"name":"bad name","value":"MARKER-bad"}"#)
+        )
+        .unwrap()
+        .0,
+        422
+    );
+    let script = r#"{"name":"use","source":"secrets::set(\"b\", \"MARKER-script\"); let v = secrets::get(\"a\"); log::info(\"got a secret\"); let e = (); try { secrets::get(\"bad/name\") } catch (x) { e = x } #{ len: v.nested.len(), err: e.kind }"}"#;
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            &format!("/api/v1/admin/apps/{app}/scripts"),
+            Some(&key),
+            Some(script)
+        )
+        .unwrap()
+        .0,
+        201
+    );
+    let (status, out) = http(
+        port,
+        "POST",
+        &format!("/api/v1/apps/{app}/invoke/use"),
+        Some(&key),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        (status, json(&out)),
+        (
+            200,
+            serde_json::json!({"len": 14, "err": "invalid_argument"})
+        )
+    );
+    let (_, list) = http(port, "GET", &secrets, Some(&key), None).unwrap();
+    assert!(!list.contains("MARKER"), "{list}");
+
+    let (code, logs) = server.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, 0, "{logs}");
+    assert!(logs.contains("DEV MODE"), "the dev key is warned about");
+    assert!(
+        logs.contains("\"level\":\"DEBUG\""),
+        "debug logs were captured, so the check below is meaningful"
+    );
+    assert!(!logs.contains("MARKER"), "a secret value reached the logs");
+    // stdout shows the first admin key once, by design; the logs are stderr.
+    let stderr = logs.split("stderr:").nth(1).unwrap_or_default();
+    assert!(!stderr.contains(&key), "an API key reached the logs");
+    let dev_key = std::fs::read_to_string(data.join("master.key")).unwrap();
+    assert!(
+        !logs.contains(dev_key.trim()),
+        "the master key reached the logs"
+    );
+    assert_eq!(
+        std::fs::metadata(data.join("master.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    // A different key than the data's: refuses to start, naming the missing key id.
+    let dev_id = picloud_shared::crypto::MasterKey::from_base64(dev_key.trim())
+        .unwrap()
+        .id()
+        .to_hex();
+    let other = picloud_shared::crypto::MasterKey::generate().to_base64();
+    let refused = run(command(&data, free_port())
+        .env("PICLOUD_SECRET_KEY", &other)
+        .args(["serve", "--dev"]));
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains(&dev_id), "names the key id: {err}");
+    assert!(
+        !err.contains(&other) && !err.contains(dev_key.trim()),
+        "never the keys themselves"
+    );
+
+    // Malformed keys fail before any database work, naming the variable.
+    let bad = run(command(&data, free_port())
+        .env("PICLOUD_SECRET_KEY", "not base64!!")
+        .args(["serve"]));
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("PICLOUD_SECRET_KEY") && !err.contains("not base64"),
+        "{err}"
+    );
+    let missing = run(command(&data, free_port())
+        .env_remove("PICLOUD_SECRET_KEY")
+        .env("PICLOUD_DEV_MODE", "false")
+        .args(["serve"]));
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("PICLOUD_SECRET_KEY"));
+}
+
+#[test]
+fn keys_generate_prints_a_fresh_key() {
+    let a = run(Command::new(BIN).args(["keys", "generate"]));
+    let b = run(Command::new(BIN).args(["keys", "generate"]));
+    assert!(a.status.success());
+    let a = String::from_utf8_lossy(&a.stdout).trim().to_owned();
+    let b = String::from_utf8_lossy(&b.stdout).trim().to_owned();
+    assert_ne!(a, b);
+    assert!(picloud_shared::crypto::MasterKey::from_base64(&a).is_ok());
+}

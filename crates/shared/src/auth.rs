@@ -96,6 +96,8 @@ pub enum Capability {
     ScriptsWrite,
     ApiKeysManage,
     ScriptInvoke,
+    AppSecretsRead,
+    AppSecretsWrite,
 }
 
 impl Capability {
@@ -108,6 +110,8 @@ impl Capability {
             Capability::ScriptsWrite => Scope::ScriptWrite,
             Capability::ApiKeysManage => Scope::Admin,
             Capability::ScriptInvoke => Scope::DataWrite,
+            Capability::AppSecretsRead => Scope::ScriptRead,
+            Capability::AppSecretsWrite => Scope::ScriptWrite,
         }
     }
 }
@@ -141,6 +145,8 @@ mod tests {
             Capability::ScriptsWrite,
             Capability::ApiKeysManage,
             Capability::ScriptInvoke,
+            Capability::AppSecretsRead,
+            Capability::AppSecretsWrite,
         ] {
             assert!(scopes_allow(&[Scope::Admin], cap));
         }

@@ -6,11 +6,13 @@
 //! so every layer can depend on it and tests can fake the traits.
 
 pub mod auth;
+pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod ids;
 pub mod kv;
 pub mod names;
 pub mod script;
+pub mod secrets;
 
 pub use error::ServiceError;

@@ -1,4 +1,4 @@
-//! The SDK modules scripts call (`kv::`, `log::`): thin bridges that convert
+//! The SDK modules scripts call (`kv::`, `secrets::`, `log::`): thin bridges that convert
 //! Rhai values to domain arguments, call a service trait and convert back.
 //!
 //! Rules every bridge keeps:
@@ -14,10 +14,12 @@
 
 pub(crate) mod kv;
 pub(crate) mod log;
+pub(crate) mod secrets;
 
 use crate::convert::{dynamic_to_json, NotJson};
 use crate::run_state::{self, RunState};
 use crate::Services;
+use picloud_shared::ids::AppId;
 use picloud_shared::ServiceError;
 use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, Position, INT};
 use std::future::Future;
@@ -36,7 +38,7 @@ pub(crate) type SdkResult<T> = Result<T, Box<EvalAltResult>>;
 
 /// The one conversion of a [`ServiceError`] into a catchable Rhai exception:
 /// `throw #{kind, message}` at `pos`.
-pub fn service_error_to_exception(err: &ServiceError, pos: Position) -> Box<EvalAltResult> {
+pub(crate) fn service_error_to_exception(err: &ServiceError, pos: Position) -> Box<EvalAltResult> {
     let mut map = Map::new();
     map.insert("kind".into(), err.kind().into());
     map.insert("message".into(), err.to_string().into());
@@ -50,12 +52,26 @@ pub(crate) fn invalid_argument(message: String, pos: Position) -> Box<EvalAltRes
 
 /// The uncatchable error that ends a run whose wall-clock budget is spent.
 fn out_of_time(pos: Position) -> Box<EvalAltResult> {
-    Box::new(EvalAltResult::ErrorTerminated("timeout".into(), pos))
+    Box::new(EvalAltResult::ErrorTerminated(
+        crate::sandbox::TIMEOUT_TOKEN.into(),
+        pos,
+    ))
+}
+
+/// What an SDK call needs to know about the run it serves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunInfo {
+    pub app_id: AppId,
+    pub deadline: Option<Instant>,
 }
 
 /// The current run, or `unavailable` when called outside one.
-pub(crate) fn current_run(pos: Position) -> SdkResult<RunState> {
-    run_state::with_current(RunState::clone).ok_or_else(|| {
+pub(crate) fn current_run(pos: Position) -> SdkResult<RunInfo> {
+    run_state::with_current(|run: &RunState| RunInfo {
+        app_id: run.app_id,
+        deadline: run.deadline,
+    })
+    .ok_or_else(|| {
         service_error_to_exception(
             &ServiceError::Unavailable("SDK called outside a script run".into()),
             pos,
@@ -67,7 +83,7 @@ pub(crate) fn current_run(pos: Position) -> SdkResult<RunState> {
 /// under the SDK timeout and the run's deadline.
 pub(crate) fn block_on<T>(
     env: &SdkEnv,
-    run: &RunState,
+    run: &RunInfo,
     pos: Position,
     what: &str,
     call: impl Future<Output = Result<T, ServiceError>>,

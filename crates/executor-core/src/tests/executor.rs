@@ -233,3 +233,10 @@ fn log_and_print_do_not_fail() {
         .unwrap();
     assert_eq!(out, json!(1));
 }
+
+#[test]
+fn exit_and_return_end_the_script_with_their_value() {
+    let h = Harness::new();
+    assert_eq!(h.run("exit(7); 1").unwrap(), json!(7));
+    assert_eq!(h.run("return #{ok: true}; 1").unwrap(), json!({"ok": true}));
+}

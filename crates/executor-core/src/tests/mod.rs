@@ -2,7 +2,6 @@
 
 mod executor;
 mod kv;
-mod probe;
 mod sandbox;
 
 use crate::testing::MemoryKv;
@@ -29,14 +28,28 @@ impl Harness {
     }
 
     fn with(limits: SandboxLimits, kv: MemoryKv) -> Self {
+        Self::build(limits, kv, crate::memory::DEFAULT_MAX_MEMORY_BYTES)
+    }
+
+    fn with_memory_budget(bytes: usize) -> Self {
+        Self::build(SandboxLimits::default(), MemoryKv::new(), bytes)
+    }
+
+    fn build(limits: SandboxLimits, kv: MemoryKv, max_memory_bytes: usize) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("test runtime");
         let kv = Arc::new(kv);
-        let services = Services { kv: kv.clone() };
-        let executor = Arc::new(Executor::new(limits, services, runtime.handle().clone()));
+        let services = Services {
+            kv: kv.clone(),
+            secrets: Arc::new(crate::testing::MemorySecrets::new()),
+        };
+        let executor = Arc::new(
+            Executor::new(limits, services, runtime.handle().clone())
+                .with_max_memory_bytes(max_memory_bytes),
+        );
         Self {
             runtime,
             executor,

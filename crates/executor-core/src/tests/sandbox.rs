@@ -77,10 +77,55 @@ fn growing_map_stops_at_max_map_items() {
         max_map_items: 100,
         ..limits()
     });
-    let (limit, message) =
-        limit_error(h.run("let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }"));
+    let (limit, message) = limit_error(h.run(
+        "let m = #{}; let i = 0; loop { let one = #{}; one[`k${i}`] = i; m.mixin(one); i += 1; }",
+    ));
     assert_eq!(limit, "max_map_items");
     assert!(message.contains("100 entries"), "{message}");
+}
+
+/// Rhai checks only the new item of an indexed assignment, not the container:
+/// the memory budget is what stops these.
+#[test]
+fn map_filled_by_index_stops_at_the_memory_budget() {
+    let h = Harness::with_memory_budget(32 * 1024 * 1024);
+    let started = Instant::now();
+    let (limit, message) = limit_error(h.run(
+        r#"let s = ""; s.pad(1000000, "x");
+           let m = #{}; let i = 0;
+           loop { m[`${i}`] = s + "y"; i += 1; }"#,
+    ));
+    assert_eq!(limit, "max_memory_bytes");
+    assert!(
+        message.starts_with("script exceeded the memory limit of 33554432 bytes"),
+        "{message}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn array_filled_by_index_stops_at_the_memory_budget() {
+    let h = Harness::with_memory_budget(32 * 1024 * 1024);
+    let (limit, _) = limit_error(h.run(
+        r#"let s = ""; s.pad(1000000, "x");
+           let a = []; a.pad(10000, ());
+           for i in 0..10000 { a[i] = s + "y"; }"#,
+    ));
+    assert_eq!(limit, "max_memory_bytes");
+}
+
+#[test]
+fn memory_released_during_a_run_does_not_count() {
+    let h = Harness::with_memory_budget(32 * 1024 * 1024);
+    let out = h
+        .run(
+            r#"let s = ""; s.pad(1000000, "x");
+               let n = 0;
+               for i in 0..200 { let t = s + "y"; n += t.len(); }
+               n"#,
+        )
+        .unwrap();
+    assert_eq!(out, json!(200 * 1_000_001));
 }
 
 #[test]

@@ -4,3 +4,4 @@ pub mod api_keys;
 pub mod apps;
 pub mod kv;
 pub mod scripts;
+pub mod secrets;

@@ -19,7 +19,9 @@ use axum::{
 use picloud_executor_core::{Executor, Services};
 use picloud_manager_core::service::{
     api_keys::ApiKeysService, apps::AppsService, kv::KvServiceImpl, scripts::ScriptsService,
+    secrets::SecretsServiceImpl,
 };
+use picloud_shared::{crypto::Keyring, secrets::SecretsService};
 use sqlx::PgPool;
 use std::sync::{Arc, OnceLock};
 use tower_http::trace::TraceLayer;
@@ -36,6 +38,7 @@ pub struct AppState {
     pub apps: AppsService,
     pub scripts: ScriptsService,
     pub api_keys: ApiKeysService,
+    pub secrets: Arc<dyn SecretsService>,
     pub auth: auth::AuthCache,
     pub executor: Arc<Executor>,
     pub script_cache: ScriptCache,
@@ -46,7 +49,7 @@ pub struct AppState {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "picloud", description = "Self-hosted backend platform: apps, Rhai scripts, kv."),
+    info(title = "picloud", description = "Self-hosted backend platform: apps, Rhai scripts, kv, secrets."),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth)
 )]
@@ -81,12 +84,22 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().into_openapi()
 }
 
-/// Builds the application over a migrated database. Call inside a tokio runtime.
-pub fn build_app(pool: PgPool, config: AppConfig) -> Router {
+/// Builds the application over a migrated database, sealing secrets with
+/// `keyring` (a parameter, so tests never touch process env). Call inside a
+/// tokio runtime.
+pub fn build_app(pool: PgPool, config: AppConfig, keyring: Arc<Keyring>) -> Router {
     let kv = Arc::new(KvServiceImpl::new(pool.clone(), config.kv_max_value_bytes));
+    let secrets: Arc<dyn SecretsService> = Arc::new(SecretsServiceImpl::new(
+        pool.clone(),
+        keyring,
+        config.secret_max_value_bytes,
+    ));
     let executor = Arc::new(Executor::new(
         config.limits.clone(),
-        Services { kv },
+        Services {
+            kv,
+            secrets: secrets.clone(),
+        },
         tokio::runtime::Handle::current(),
     ));
     let api_keys = ApiKeysService::new(pool.clone());
@@ -96,6 +109,7 @@ pub fn build_app(pool: PgPool, config: AppConfig) -> Router {
         scripts: ScriptsService::new(pool.clone(), executor.clone()),
         auth: auth::AuthCache::new(api_keys.clone()),
         api_keys,
+        secrets,
         executor,
         script_cache: ScriptCache::default(),
         metrics: Metrics::new(),

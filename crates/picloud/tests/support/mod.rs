@@ -11,10 +11,13 @@ use http_body_util::BodyExt;
 use picloud::{build_app, config::AppConfig};
 use picloud_executor_core::SandboxLimits;
 use picloud_manager_core::service::api_keys::ApiKeysService;
-use picloud_shared::auth::Scope;
+use picloud_shared::{
+    auth::Scope,
+    crypto::{Keyring, MasterKey},
+};
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 use tower::ServiceExt;
 
 /// The HTTP app over one test database, with an admin key.
@@ -24,11 +27,17 @@ pub struct TestApp {
     pub admin_key: String,
 }
 
+/// A keyring with one fresh random key.
+pub fn test_keyring() -> Arc<Keyring> {
+    Arc::new(Keyring::new(MasterKey::generate(), Vec::new()))
+}
+
 /// Limits small enough that a runaway script ends quickly in a debug build.
 pub fn test_config() -> AppConfig {
     AppConfig {
-        max_request_bytes: 64 * 1024,
+        max_request_bytes: 128 * 1024,
         kv_max_value_bytes: 16 * 1024,
+        secret_max_value_bytes: 64 * 1024,
         limits: SandboxLimits {
             timeout: Duration::from_millis(750),
             max_operations: 50_000_000,
@@ -46,13 +55,18 @@ impl TestApp {
 
     /// Builds the app with a given config.
     pub async fn with_config(pool: PgPool, config: AppConfig) -> Self {
+        Self::with_keyring(pool, config, test_keyring()).await
+    }
+
+    /// Builds the app sealing with `keyring`.
+    pub async fn with_keyring(pool: PgPool, config: AppConfig, keyring: Arc<Keyring>) -> Self {
         let admin_key = ApiKeysService::new(pool.clone())
             .create("test-admin", &[Scope::Admin])
             .await
             .expect("create admin key")
             .key;
         Self {
-            router: build_app(pool.clone(), config),
+            router: build_app(pool.clone(), config, keyring),
             pool,
             admin_key,
         }

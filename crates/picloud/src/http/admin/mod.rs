@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod apps;
 pub mod scripts;
+pub mod secrets;
 
 use super::AppState;
 use utoipa_axum::router::OpenApiRouter;
@@ -12,5 +13,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(apps::routes())
         .merge(scripts::routes())
+        .merge(secrets::routes())
         .merge(api_keys::routes())
 }

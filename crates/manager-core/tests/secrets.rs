@@ -1,0 +1,153 @@
+//! Secrets sealed at rest, the start-up key check and rotation, on real PostgreSQL.
+
+use picloud_manager_core::{
+    sealed::{check_keys, rotate, SealedDataError},
+    service::{apps::AppsService, secrets::SecretsServiceImpl},
+    MIGRATOR,
+};
+use picloud_shared::{
+    crypto::{Keyring, MasterKey},
+    secrets::SecretsService,
+    ServiceError,
+};
+use serde_json::json;
+use sqlx::PgPool;
+use std::sync::Arc;
+
+fn keyring_of(active: &str, previous: &[&str]) -> Arc<Keyring> {
+    let previous = previous.join(",");
+    Arc::new(
+        Keyring::from_env_values(
+            Some(active),
+            (!previous.is_empty()).then_some(previous.as_str()),
+        )
+        .unwrap(),
+    )
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn values_are_sealed_at_rest_and_capped(pool: PgPool) {
+    let app = AppsService::new(pool.clone()).create("a").await.unwrap().id;
+    let other = AppsService::new(pool.clone()).create("b").await.unwrap().id;
+    let key = MasterKey::generate().to_base64();
+    let secrets = SecretsServiceImpl::new(pool.clone(), keyring_of(&key, &[]), 64);
+    secrets
+        .set(app, "token", json!("plain-marker-value"))
+        .await
+        .unwrap();
+    assert_eq!(
+        secrets.get(app, "token").await.unwrap(),
+        Some(json!("plain-marker-value"))
+    );
+    assert_eq!(
+        secrets.get(other, "token").await.unwrap(),
+        None,
+        "apps are isolated"
+    );
+
+    let raw: Vec<u8> = sqlx::query_scalar("SELECT ciphertext FROM secrets")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let dump: String = sqlx::query_scalar("SELECT row_to_json(s)::text FROM secrets s")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&raw).contains("plain-marker"));
+    assert!(
+        !dump.contains("plain-marker") && !dump.contains(&hex_of(b"plain-marker")),
+        "{dump}"
+    );
+
+    // Moving a ciphertext to another row makes it unreadable, not wrong.
+    sqlx::query("INSERT INTO secrets (app_id, name, key_id, nonce, ciphertext) SELECT $1, name, key_id, nonce, ciphertext FROM secrets WHERE app_id = $2")
+        .bind(other.0).bind(app.0).execute(&pool).await.unwrap();
+    assert!(matches!(
+        secrets.get(other, "token").await,
+        Err(ServiceError::Unavailable(_))
+    ));
+
+    let too_big = json!("x".repeat(63)); // 65 bytes of JSON
+    assert_eq!(
+        secrets.set(app, "big", too_big).await,
+        Err(ServiceError::TooLarge {
+            limit: 64,
+            actual: 65
+        })
+    );
+    assert_eq!(secrets.get(app, "big").await.unwrap(), None);
+    assert!(matches!(
+        secrets.set(app, "bad/name", json!(1)).await,
+        Err(ServiceError::InvalidArgument(_))
+    ));
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn key_check_names_a_missing_key(pool: PgPool) {
+    let app = AppsService::new(pool.clone()).create("a").await.unwrap().id;
+    let old = MasterKey::from_base64(&MasterKey::generate().to_base64()).unwrap();
+    let old_b64 = old.to_base64();
+    let old_id = old.id();
+    let ring = keyring_of(&old_b64, &[]);
+    SecretsServiceImpl::new(pool.clone(), ring.clone(), 1024)
+        .set(app, "s", json!(1))
+        .await
+        .unwrap();
+    check_keys(&pool, &ring).await.unwrap();
+
+    let stranger = keyring_of(&MasterKey::generate().to_base64(), &[]);
+    match check_keys(&pool, &stranger).await {
+        Err(e @ SealedDataError::MissingKey { .. }) => {
+            assert!(e.to_string().contains(&old_id.to_hex()), "{e}");
+            assert!(!e.to_string().contains(&old_b64));
+        }
+        other => panic!("expected MissingKey, got {other:?}"),
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn rotation_reseals_everything_and_resumes_after_interruption(pool: PgPool) {
+    let apps = AppsService::new(pool.clone());
+    let a = apps.create("a").await.unwrap().id;
+    let b = apps.create("b").await.unwrap().id;
+    let old = MasterKey::generate().to_base64();
+    let new = MasterKey::generate().to_base64();
+    let old_ring = keyring_of(&old, &[]);
+    let writer = SecretsServiceImpl::new(pool.clone(), old_ring, 1024);
+    for i in 0..7 {
+        writer
+            .set(a, &format!("s{i}"), json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    writer.set(b, "only-b", json!("b")).await.unwrap();
+
+    let rotating = keyring_of(&new, &[&old]);
+    // Interrupted after one batch of 3, as a crash would leave it.
+    let partial = rotate(&pool, &rotating, 3, Some(1)).await.unwrap();
+    assert!(!partial.complete);
+    assert_eq!(partial.tables, vec![("secrets", 3, 0)]);
+    // Run again: completes, and counts what the first run did.
+    let done = rotate(&pool, &rotating, 3, None).await.unwrap();
+    assert!(done.complete);
+    assert_eq!(done.tables, vec![("secrets", 5, 3)]);
+    // Idempotent.
+    let again = rotate(&pool, &rotating, 3, None).await.unwrap();
+    assert_eq!(again.tables, vec![("secrets", 0, 8)]);
+
+    // The old key can now be dropped: every secret still reads.
+    let new_only = keyring_of(&new, &[]);
+    check_keys(&pool, &new_only).await.unwrap();
+    let reader = SecretsServiceImpl::new(pool.clone(), new_only, 1024);
+    for i in 0..7 {
+        assert_eq!(
+            reader.get(a, &format!("s{i}")).await.unwrap(),
+            Some(json!({"i": i}))
+        );
+    }
+    assert_eq!(reader.get(b, "only-b").await.unwrap(), Some(json!("b")));
+}
