@@ -42,4 +42,4 @@ export DATABASE_URL="postgres://postgres@localhost/postgres?host=$WORK/sock"
   || { echo "FATAL: cannot connect to the test PostgreSQL cluster at $WORK/sock" >&2; exit 1; }
 echo "test PostgreSQL ready at $WORK/sock" >&2
 
-if [ $# -gt 0 ]; then cargo test "$@"; else cargo test --workspace; fi
+if [ $# -gt 0 ]; then cargo test "$@"; else cargo test --workspace --no-fail-fast; fi

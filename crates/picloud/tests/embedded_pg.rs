@@ -31,6 +31,26 @@ fn init_logging() {
         .try_init();
 }
 
+/// Takes the lock once a dropped holder's release is visible.
+///
+/// Dropping a `DataDirLock` closes its file, but a process another test forks at that
+/// moment holds a copy of the descriptor (and so the flock) until it execs and the
+/// close-on-exec flag drops it; tests here spawn `initdb` and `pg_ctl` in parallel, so
+/// that window is real. It lasts microseconds; five seconds is far beyond it.
+fn acquire_after_release(data_dir: &Path) -> DataDirLock {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Some(lock) = DataDirLock::try_acquire(data_dir).unwrap() {
+            return lock;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the data-dir lock was not released within 5 s of its holder's drop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -155,10 +175,10 @@ async fn second_lock_on_the_same_data_dir_is_refused_until_released() {
     assert!(DataDirLock::try_acquire(&data_dir).unwrap().is_none());
 
     drop(first);
-    let second = DataDirLock::acquire(&data_dir).unwrap();
+    let second = acquire_after_release(&data_dir);
     assert!(DataDirLock::try_acquire(&data_dir).unwrap().is_none());
     drop(second);
-    assert!(DataDirLock::try_acquire(&data_dir).unwrap().is_some());
+    acquire_after_release(&data_dir);
 }
 
 #[tokio::test]
@@ -174,7 +194,7 @@ async fn server_left_running_by_a_killed_picloud_is_taken_over() {
     std::mem::forget(pg);
     drop(lock);
 
-    let lock = DataDirLock::acquire(&data_dir).unwrap();
+    let lock = acquire_after_release(&data_dir);
     let mut pg = EmbeddedPostgres::start(&lock).await.unwrap();
     let fresh = postmaster_pid(&cluster);
     assert_ne!(fresh, orphan);

@@ -514,3 +514,128 @@ fn keys_generate_prints_a_fresh_key() {
     assert_ne!(a, b);
     assert!(picloud_shared::crypto::MasterKey::from_base64(&a).is_ok());
 }
+
+/// Sets secret `name` of `app` through the admin API.
+fn set_secret(port: u16, key: &str, app: &str, name: &str, value: &str) {
+    let body = serde_json::json!({"name": name, "value": value}).to_string();
+    let path = format!("/api/v1/admin/apps/{app}/secrets");
+    let (status, response) = http(port, "POST", &path, Some(key), Some(&body)).unwrap();
+    assert_eq!(status, 200, "{response}");
+}
+
+/// Invokes the `read` script of `app`, which returns every secret it knows.
+fn read_secrets(port: u16, key: &str, app: &str) -> serde_json::Value {
+    let path = format!("/api/v1/apps/{app}/invoke/read");
+    let (status, body) = http(port, "POST", &path, Some(key), Some("{}")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    json(&body)
+}
+
+#[test]
+fn keys_rotate_beside_a_server_moves_every_secret_to_the_new_key() {
+    let (_tmp, data) = data_dir();
+    let port = free_port();
+
+    // Secrets sealed under the dev key, and a script that reads them all.
+    let server = Server::start(&data, port, "old", &[]);
+    let key = std::fs::read_to_string(data.join("admin.key"))
+        .unwrap()
+        .trim_end()
+        .to_owned();
+    let (status, app) = http(
+        port,
+        "POST",
+        "/api/v1/admin/apps",
+        Some(&key),
+        Some(r#"{"name":"rot"}"#),
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{app}");
+    let app = json(&app)["id"].as_str().unwrap().to_owned();
+    let names = ["alpha", "beta", "gamma", "delta", "epsilon"];
+    for name in names {
+        set_secret(port, &key, &app, name, &format!("value-of-{name}"));
+    }
+    let script = serde_json::json!({
+        "name": "read",
+        "source": "let out = #{}; for n in secrets::list() { out[n] = secrets::get(n); } out",
+    })
+    .to_string();
+    let (status, body) = http(
+        port,
+        "POST",
+        &format!("/api/v1/admin/apps/{app}/scripts"),
+        Some(&key),
+        Some(&script),
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let expected: serde_json::Value = names
+        .iter()
+        .map(|n| (n.to_string(), serde_json::json!(format!("value-of-{n}"))))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    assert_eq!(read_secrets(port, &key, &app), expected);
+    let (code, logs) = server.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, 0, "{logs}");
+
+    // The operator's steps: restart with the new key active and the old one
+    // previous, rotate beside the running server, then drop the old key.
+    let old_key = std::fs::read_to_string(data.join("master.key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let new_key = picloud_shared::crypto::MasterKey::generate();
+    let new_id = new_key.id().to_hex();
+    let new_key = new_key.to_base64();
+    let both = [
+        ("PICLOUD_SECRET_KEY", new_key.as_str()),
+        ("PICLOUD_SECRET_KEYS_PREVIOUS", old_key.as_str()),
+    ];
+    let server = Server::start(&data, port, "both", &both);
+    assert_eq!(read_secrets(port, &key, &app), expected);
+
+    let rotate = |batch: &str| {
+        let output =
+            run(command(&data, port)
+                .envs(both)
+                .args(["keys", "rotate", "--batch-size", batch]));
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stdout}\n{stderr}");
+        for secret in [&old_key, &new_key] {
+            assert!(
+                !stdout.contains(secret.as_str()) && !stderr.contains(secret.as_str()),
+                "a master key reached the output"
+            );
+        }
+        stdout
+    };
+    // Two rows per batch: several batches, and every row counted once.
+    let first = rotate("2");
+    assert!(
+        first.contains("secrets: 5 re-sealed, 0 already under the active key"),
+        "{first}"
+    );
+    assert!(first.contains(&new_id), "{first}");
+    let again = rotate("2");
+    assert!(
+        again.contains("secrets: 0 re-sealed, 5 already under the active key"),
+        "idempotent: {again}"
+    );
+    assert_eq!(read_secrets(port, &key, &app), expected);
+    let (code, logs) = server.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, 0, "{logs}");
+
+    // The old key is gone: every secret still reads.
+    let server = Server::start(&data, port, "new", &[("PICLOUD_SECRET_KEY", &new_key)]);
+    assert_eq!(read_secrets(port, &key, &app), expected);
+    let (code, logs) = server.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, 0, "{logs}");
+
+    // Only the old dev key: the data is under a key it lacks, so start is refused.
+    let refused = run(command(&data, port).args(["serve", "--dev"]));
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains(&new_id), "names the missing key id: {err}");
+}
