@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (never run in CI): HTTP invoke of a trivial script under wrk, beside the
 # bare axum JSON echo anchor with the same wrk settings in the same run, and the
-# executor's overhead for a cached trivial script. Prints numbers and the ratio.
+# executor's overhead for a cached trivial script, and secrets::get / seal / open. Prints numbers and the ratio.
 # Usage: scripts/bench.sh [duration_secs]   (default 10)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,6 +14,8 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 cargo build --release -q -p picloud
 echo "== executor overhead (cargo bench -p picloud-executor-core)"
 cargo bench -q -p picloud-executor-core --bench executor
+echo "== secrets (cargo bench -p picloud --bench secrets; embedded PostgreSQL)"
+cargo bench -q -p picloud --bench secrets
 
 WORK=$(mktemp -d /tmp/picloud-bench.XXXXXX); chmod 0711 "$WORK"
 PORT=18080
