@@ -7,6 +7,9 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
+/// The `outcome` label values of script runs.
+pub const RUN_OUTCOMES: [&str; 3] = ["ok", "error", "limit"];
+
 /// Every metric picloud exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -47,6 +50,12 @@ impl Metrics {
         registry
             .register(Box::new(script_run_duration.clone()))
             .expect("metric registered once");
+        // Known series start at zero, so a scraper sees them before the first run
+        // and `rate()` has a baseline.
+        for outcome in RUN_OUTCOMES {
+            script_runs.with_label_values(&["http", outcome]);
+            script_run_duration.with_label_values(&[outcome]);
+        }
         Self {
             registry,
             script_runs,

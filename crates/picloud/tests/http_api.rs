@@ -589,7 +589,64 @@ async fn kv_round_trips_every_type_through_scripts(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
-async fn runaway_scripts_stop_with_a_limit_while_others_run(pool: PgPool) {
+async fn a_running_runaway_script_does_not_stall_other_invokes(pool: PgPool) {
+    // A long timeout and no operation cap, so `spin` is surely still running while
+    // the other invokes are answered; it announces itself through kv first.
+    let mut config = support::test_config();
+    config.limits.timeout = std::time::Duration::from_secs(4);
+    config.limits.max_operations = u64::MAX;
+    let t = TestApp::with_config(pool, config).await;
+    let app = t.create_app("a").await;
+    t.create_script(
+        &app,
+        "spin",
+        r#"kv::set("m", "spin", true); loop {}"#,
+        false,
+    )
+    .await;
+    t.create_script(&app, "peek", r#"kv::get("m", "spin")"#, false)
+        .await;
+    t.create_script(&app, "quick", "1 + 1", false).await;
+
+    let spinning = {
+        let t2 = TestApp {
+            router: t.router.clone(),
+            pool: t.pool.clone(),
+            admin_key: t.admin_key.clone(),
+        };
+        let app = app.clone();
+        tokio::spawn(async move { t2.invoke(&app, "spin", Value::Null).await })
+    };
+    let mut started = false;
+    for _ in 0..300 {
+        if t.invoke(&app, "peek", Value::Null).await == (StatusCode::OK, json!(true)) {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(started, "the runaway script never started");
+
+    for _ in 0..5 {
+        let (status, out) = t.invoke(&app, "quick", Value::Null).await;
+        assert_eq!((status, out), (StatusCode::OK, json!(2)));
+    }
+    assert!(
+        !spinning.is_finished(),
+        "the runaway script ended before the other invokes were answered"
+    );
+    let (status, body) = spinning.await.unwrap();
+    let message = assert_error(
+        status,
+        &body,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "script_limit",
+    );
+    assert!(message.contains("timeout"), "{message}");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn runaway_scripts_stop_with_a_named_limit_and_runs_are_counted(pool: PgPool) {
     let t = TestApp::new(pool).await;
     let app = t.create_app("a").await;
     t.create_script(&app, "spin", "loop {}", false).await;
@@ -601,31 +658,10 @@ async fn runaway_scripts_stop_with_a_limit_while_others_run(pool: PgPool) {
     )
     .await;
     t.create_script(&app, "quick", "1 + 1", false).await;
+    t.create_script(&app, "thrower", r#"throw "no""#, false)
+        .await;
 
-    let spinning = {
-        let router = t.router.clone();
-        let key = t.admin_key.clone();
-        let app = app.clone();
-        let pool = t.pool.clone();
-        tokio::spawn(async move {
-            let t2 = TestApp {
-                router,
-                pool,
-                admin_key: key,
-            };
-            t2.invoke(&app, "spin", Value::Null).await
-        })
-    };
-    // While `spin` burns its budget, other invokes are answered.
-    for _ in 0..5 {
-        let (status, out) = t.invoke(&app, "quick", Value::Null).await;
-        assert_eq!((status, out), (StatusCode::OK, json!(2)));
-    }
-    assert!(
-        !spinning.is_finished(),
-        "the quick invokes finished while the runaway script still ran"
-    );
-    let (status, body) = spinning.await.unwrap();
+    let (status, body) = t.invoke(&app, "spin", Value::Null).await;
     let message = assert_error(
         status,
         &body,
@@ -636,7 +672,6 @@ async fn runaway_scripts_stop_with_a_limit_while_others_run(pool: PgPool) {
         message.contains("timeout") || message.contains("operations"),
         "{message}"
     );
-
     let (status, body) = t.invoke(&app, "bomb", Value::Null).await;
     let message = assert_error(
         status,
@@ -645,226 +680,34 @@ async fn runaway_scripts_stop_with_a_limit_while_others_run(pool: PgPool) {
         "script_limit",
     );
     assert!(message.contains("string"), "{message}");
+    let (status, body) = t.invoke(&app, "thrower", Value::Null).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "script_error",
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            t.invoke(&app, "quick", Value::Null).await,
+            (StatusCode::OK, json!(2))
+        );
+    }
 
-    let (_, metrics) = t.call(Method::GET, "/metrics", None, None).await;
+    let (status, metrics) = t.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::OK);
     let metrics = metrics.as_str().unwrap().to_owned();
-    assert!(
-        metrics.contains(r#"picloud_script_runs_total{outcome="limit",trigger="http"} 2"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"picloud_script_runs_total{outcome="ok",trigger="http"} 5"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("picloud_script_run_duration_seconds_bucket"),
-        "{metrics}"
-    );
-}
-
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn bad_input_gets_clear_json_errors(pool: PgPool) {
-    let t = TestApp::new(pool).await;
-    let app = t.create_app("a").await;
-    t.create_script(&app, "echo", "ctx.request.body", false)
-        .await;
-    let key = t.admin_key.clone();
-    let post = |uri: String, body: &'static str| {
-        Request::post(uri)
-            .header("authorization", format!("Bearer {key}"))
-            .header("content-type", "application/json")
-            .body(Body::from(body))
-            .unwrap()
-    };
-    let parse =
-        |bytes: Vec<u8>| -> Value { serde_json::from_slice(&bytes).expect("errors are JSON") };
-
-    // Malformed JSON, admin and invoke.
-    let (status, bytes) = t
-        .send(post("/api/v1/admin/apps".into(), "{\"name\": "))
-        .await;
-    let message = assert_error(
-        status,
-        &parse(bytes),
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-    );
-    assert!(message.contains("JSON"), "{message}");
-    let (status, bytes) = t
-        .send(post(format!("/api/v1/apps/{app}/invoke/echo"), "{oops"))
-        .await;
-    assert_error(
-        status,
-        &parse(bytes),
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-    );
-    // Wrong shape: a missing field, and a wrong type whose value is not echoed.
-    let (status, bytes) = t.send(post("/api/v1/admin/apps".into(), "{}")).await;
-    let message = assert_error(
-        status,
-        &parse(bytes),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_error",
-    );
-    assert!(message.contains("name"), "{message}");
-    let (status, bytes) = t
-        .send(post(
-            "/api/v1/admin/apps".into(),
-            r#"{"name": ["sneaky-value"]}"#,
-        ))
-        .await;
-    let message = assert_error(
-        status,
-        &parse(bytes),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_error",
-    );
-    assert!(!message.contains("sneaky"), "{message}");
-
-    // Unknown app, script, route; malformed ids.
-    let unknown = uuid::Uuid::new_v4();
-    let (status, body) = t
-        .admin(Method::GET, &format!("/api/v1/admin/apps/{unknown}"), None)
-        .await;
-    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
-    let (status, body) = t
-        .admin(
-            Method::GET,
-            &format!("/api/v1/admin/apps/{unknown}/scripts"),
-            None,
-        )
-        .await;
-    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
-    let (status, body) = t.invoke(&unknown.to_string(), "echo", Value::Null).await;
-    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
-    let (status, body) = t.invoke(&app, "nope", Value::Null).await;
-    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
-    let (status, body) = t
-        .admin(Method::GET, "/api/v1/admin/apps/not-a-uuid", None)
-        .await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
-    let (status, body) = t.admin(Method::GET, "/api/v1/nothing-here", None).await;
-    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
-
-    // Oversized bodies (limit 128 KiB in tests), with and without a Content-Length.
-    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(200 * 1024));
-    let request = Request::post("/api/v1/admin/apps")
-        .header("authorization", format!("Bearer {}", t.admin_key))
-        .header("content-type", "application/json")
-        .header("content-length", big.len())
-        .body(Body::from(big.clone()))
-        .unwrap();
-    let (status, bytes) = t.send(request).await;
-    assert_error(
-        status,
-        &parse(bytes),
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "too_large",
-    );
-    let stream = Body::from_stream(futures_stream(big.into_bytes()));
-    let request = Request::post(format!("/api/v1/apps/{app}/invoke/echo"))
-        .header("authorization", format!("Bearer {}", t.admin_key))
-        .body(stream)
-        .unwrap();
-    let (status, bytes) = t.send(request).await;
-    assert_error(
-        status,
-        &parse(bytes),
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "too_large",
-    );
-    let (_, list) = t.admin(Method::GET, "/api/v1/admin/apps", None).await;
-    assert_eq!(list.as_array().unwrap().len(), 1, "nothing was created");
-
-    // Invalid names.
-    for name in ["", "has space", "dot.ted", &"x".repeat(65)] {
-        let (status, body) = t
-            .admin(
-                Method::POST,
-                "/api/v1/admin/apps",
-                Some(json!({"name": name})),
-            )
-            .await;
-        assert_error(
-            status,
-            &body,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_error",
-        );
-        let (status, body) = t
-            .admin(
-                Method::POST,
-                &format!("/api/v1/admin/apps/{app}/scripts"),
-                Some(json!({"name": name, "source": "1"})),
-            )
-            .await;
-        assert_error(
-            status,
-            &body,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_error",
-        );
-    }
-
-    // Missing and malformed Authorization headers.
-    for header in [
-        None,
-        Some("Basic abc"),
-        Some("Bearer"),
-        Some("Bearer a b"),
-        Some("Bearer pk_short"),
-        Some("Bearer sk_live_xyz"),
+    for line in [
+        r#"picloud_script_runs_total{outcome="limit",trigger="http"} 2"#,
+        r#"picloud_script_runs_total{outcome="error",trigger="http"} 1"#,
+        r#"picloud_script_runs_total{outcome="ok",trigger="http"} 3"#,
+        r#"picloud_script_run_duration_seconds_count{outcome="limit"} 2"#,
+        r#"picloud_script_run_duration_seconds_count{outcome="error"} 1"#,
+        r#"picloud_script_run_duration_seconds_count{outcome="ok"} 3"#,
+        r#"picloud_script_run_duration_seconds_bucket{outcome="ok",le="+Inf"} 3"#,
     ] {
-        let mut builder = Request::get("/api/v1/admin/apps");
-        if let Some(h) = header {
-            builder = builder.header("authorization", h);
-        }
-        let (status, bytes) = t.send(builder.body(Body::empty()).unwrap()).await;
-        let message = assert_error(
-            status,
-            &parse(bytes),
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-        );
-        if let Some(h) = header {
-            let secret_part = h
-                .trim_start_matches("Bearer")
-                .trim_start_matches("Basic")
-                .trim();
-            assert!(
-                secret_part.is_empty() || !message.contains(secret_part),
-                "{message}"
-            );
-        }
+        assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
     }
-    let unknown_key = format!("pk_{}", "A".repeat(43));
-    let (status, body) = t
-        .call(Method::GET, "/api/v1/admin/apps", Some(&unknown_key), None)
-        .await;
-    let message = assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
-    assert!(!message.contains(&unknown_key));
-}
-
-/// A body that arrives in chunks, without a Content-Length.
-fn futures_stream(
-    bytes: Vec<u8>,
-) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send {
-    struct Chunks(Vec<Vec<u8>>);
-    impl futures_core::Stream for Chunks {
-        type Item = Result<Vec<u8>, std::io::Error>;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Self::Item>> {
-            std::task::Poll::Ready(if self.0.is_empty() {
-                None
-            } else {
-                Some(Ok(self.0.remove(0)))
-            })
-        }
-    }
-    Chunks(bytes.chunks(8192).map(<[u8]>::to_vec).collect())
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -878,11 +721,27 @@ async fn health_readiness_index_and_metrics(pool: PgPool) {
         t.call(Method::GET, "/readyz", None, None).await,
         (StatusCode::OK, json!({"status": "ok"}))
     );
-    let (status, page) = t.call(Method::GET, "/", None, None).await;
-    assert_eq!(status, StatusCode::OK);
+    let index = tower::ServiceExt::oneshot(
+        t.router.clone(),
+        Request::get("/").body(Body::empty()).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(index.status(), StatusCode::OK);
+    let content_type = index.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    let (_, page) = t.call(Method::GET, "/", None, None).await;
     assert!(page.as_str().unwrap().contains("/api/v1/openapi.json"));
-    let (status, _) = t.call(Method::GET, "/metrics", None, None).await;
+    let (status, metrics) = t.call(Method::GET, "/metrics", None, None).await;
     assert_eq!(status, StatusCode::OK);
+    // Registered before any run, so a scraper sees the family from the start.
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("# TYPE picloud_script_runs_total counter"),
+        "{metrics}"
+    );
 
     // Readiness fails once the database is gone.
     t.pool.close().await;

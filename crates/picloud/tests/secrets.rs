@@ -123,12 +123,38 @@ async fn oversized_values_are_refused_with_limit_and_size(pool: PgPool) {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "exactly the cap is accepted");
-
-    t.create_script(&app, "big", r#"let caught = (); let s = "y"; while s.len() < 70000 { s += s; } try { secrets::set("s", s) } catch (e) { caught = e } caught"#, false)
+    // An oversized overwrite leaves the stored value as it was.
+    let (status, body) = t
+        .admin(
+            Method::POST,
+            &base,
+            Some(json!({"name": "edge", "value": value})),
+        )
         .await;
+    assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+
+    t.create_script(
+        &app,
+        "big",
+        r#"
+        let caught = ();
+        let s = "y";
+        while s.len() < 70000 { s += s; }
+        try { secrets::set("s", s) } catch (e) { caught = e }
+        try { secrets::set("edge", s) } catch (e) { }
+        #{ kind: caught.kind, message: caught.message, stored: secrets::get("s"),
+           edge_len: secrets::get("edge").len(), names: secrets::list() }
+        "#,
+        false,
+    )
+    .await;
     let (status, out) = t.invoke(&app, "big", Value::Null).await;
     assert_eq!(status, StatusCode::OK, "{out}");
     assert_eq!(out["kind"], "too_large", "{out}");
+    assert!(out["message"].as_str().unwrap().contains("65536"), "{out}");
+    assert_eq!(out["stored"], Value::Null, "nothing stored: {out}");
+    assert_eq!(out["edge_len"], 64 * 1024 - 2, "{out}");
+    assert_eq!(out["names"], json!(["edge"]), "{out}");
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -143,7 +169,9 @@ async fn scripts_round_trip_every_type_and_apps_are_isolated(pool: PgPool) {
         secrets::set("b", true);
         secrets::set("m", #{ user: "u", ports: [1, 2] });
         secrets::set("a", ["x", 2]);
+        secrets::set("u", ());
         #{
+            u: secrets::get("u"), u_type: type_of(secrets::get("u")),
             s: secrets::get("s"), s_type: type_of(secrets::get("s")),
             i: secrets::get("i"), i_type: type_of(secrets::get("i")),
             f: secrets::get("f"), f_type: type_of(secrets::get("f")),
@@ -185,7 +213,12 @@ async fn scripts_round_trip_every_type_and_apps_are_isolated(pool: PgPool) {
         (json!(["x", 2]), json!("array"))
     );
     assert_eq!(out["missing"], Value::Null);
-    assert_eq!(out["names"], json!(["a", "b", "f", "i", "m", "s"]));
+    assert_eq!(
+        (out["u"].clone(), out["u_type"].clone()),
+        (Value::Null, json!("()"))
+    );
+    // `()` is stored as null: a set, so the name is listed.
+    assert_eq!(out["names"], json!(["a", "b", "f", "i", "m", "s", "u"]));
     assert_eq!(
         (out["deleted"].clone(), out["deleted_again"].clone()),
         (json!(true), json!(false))

@@ -413,7 +413,23 @@ fn secret_values_never_reach_logs_and_a_wrong_key_refuses_start() {
         .0,
         422
     );
-    let script = r#"{"name":"use","source":"secrets::set(\"b\", \"MARKER-script\"); let v = secrets::get(\"a\"); log::info(\"got a secret\"); let e = (); try { secrets::get(\"bad/name\") } catch (x) { e = x } #{ len: v.nested.len(), err: e.kind }"}"#;
+    // Every SDK error path of secrets, with marker values in the failed calls too.
+    let source = r#"
+        secrets::set("b", "MARKER-script");
+        let v = secrets::get("a");
+        log::info("got a secret");
+        let e = ();
+        try { secrets::get("bad/name") } catch (x) { e = x }
+        let e2 = ();
+        try { secrets::set("bad/name", "MARKER-bad-script-name") } catch (x) { e2 = x }
+        let huge = "MARKER-huge-";
+        while huge.len() < 70000 { huge += huge; }
+        let e3 = ();
+        try { secrets::set("h", huge) } catch (x) { e3 = x }
+        #{ len: v.nested.len(), err: e.kind, err2: e2.kind, err3: e3.kind }
+    "#;
+    let script = serde_json::json!({"name": "use", "source": source}).to_string();
+    let script = script.as_str();
     assert_eq!(
         http(
             port,
@@ -438,7 +454,12 @@ fn secret_values_never_reach_logs_and_a_wrong_key_refuses_start() {
         (status, json(&out)),
         (
             200,
-            serde_json::json!({"len": 14, "err": "invalid_argument"})
+            serde_json::json!({
+                "len": 14,
+                "err": "invalid_argument",
+                "err2": "invalid_argument",
+                "err3": "too_large"
+            })
         )
     );
     let (_, list) = http(port, "GET", &secrets, Some(&key), None).unwrap();

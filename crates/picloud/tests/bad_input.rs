@@ -1,0 +1,299 @@
+//! Bad input, one case per test: each gets a clear JSON error with the right status,
+//! never echoes what it was given, and stores nothing.
+
+mod support;
+
+use axum::{
+    body::Body,
+    http::{Method, Request, StatusCode},
+};
+use picloud_manager_core::MIGRATOR;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use support::{assert_error, TestApp};
+
+/// A POST with the admin key and a raw (possibly broken) JSON body.
+fn post_raw(t: &TestApp, uri: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post(uri)
+        .header("authorization", format!("Bearer {}", t.admin_key))
+        .header("content-type", "application/json")
+        .body(body.into())
+        .expect("valid request")
+}
+
+fn parse(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).expect("errors are JSON")
+}
+
+async fn app_count(t: &TestApp) -> usize {
+    let (_, list) = t.admin(Method::GET, "/api/v1/admin/apps", None).await;
+    list.as_array().expect("app list").len()
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn malformed_json_is_400_on_admin_routes_and_invoke(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("a").await;
+    t.create_script(&app, "echo", "ctx.request.body", false)
+        .await;
+
+    let (status, bytes) = t
+        .send(post_raw(&t, "/api/v1/admin/apps", "{\"name\": "))
+        .await;
+    let message = assert_error(
+        status,
+        &parse(&bytes),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert!(message.contains("JSON"), "{message}");
+
+    let (status, bytes) = t
+        .send(post_raw(
+            &t,
+            &format!("/api/v1/apps/{app}/invoke/echo"),
+            "{oops-secret-looking",
+        ))
+        .await;
+    let message = assert_error(
+        status,
+        &parse(&bytes),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert!(!message.contains("oops"), "{message}");
+    assert_eq!(app_count(&t).await, 1);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn wrong_shapes_are_422_without_echoing_the_value(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let (status, bytes) = t.send(post_raw(&t, "/api/v1/admin/apps", "{}")).await;
+    let message = assert_error(
+        status,
+        &parse(&bytes),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+    );
+    assert!(message.contains("name"), "{message}");
+
+    let (status, bytes) = t
+        .send(post_raw(
+            &t,
+            "/api/v1/admin/apps",
+            r#"{"name": ["sneaky-value"]}"#,
+        ))
+        .await;
+    let message = assert_error(
+        status,
+        &parse(&bytes),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+    );
+    assert!(!message.contains("sneaky"), "{message}");
+    assert_eq!(app_count(&t).await, 0);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn unknown_apps_scripts_and_routes_are_404_and_bad_ids_400(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("a").await;
+    t.create_script(&app, "echo", "ctx.request.body", false)
+        .await;
+    let unknown = uuid::Uuid::new_v4();
+
+    let (status, body) = t
+        .admin(Method::GET, &format!("/api/v1/admin/apps/{unknown}"), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = t
+        .admin(
+            Method::GET,
+            &format!("/api/v1/admin/apps/{unknown}/scripts"),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = t
+        .admin(
+            Method::GET,
+            &format!("/api/v1/admin/apps/{app}/scripts/{unknown}"),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = t.invoke(&unknown.to_string(), "echo", Value::Null).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = t.invoke(&app, "nope", Value::Null).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+
+    let (status, body) = t
+        .admin(Method::GET, "/api/v1/admin/apps/not-a-uuid", None)
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+
+    // The fallback's exact message: the OpenAPI test recognises unserved routes by it.
+    let (status, body) = t.admin(Method::GET, "/api/v1/nothing-here", None).await;
+    let message = assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(message, "route not found");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn oversized_bodies_are_413_with_or_without_a_length_and_store_nothing(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("a").await;
+    t.create_script(
+        &app,
+        "keep",
+        "kv::set(\"c\", \"k\", ctx.request.body); 1",
+        false,
+    )
+    .await;
+    // The test config's limit is 128 KiB.
+    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(200 * 1024));
+
+    let mut request = post_raw(&t, "/api/v1/admin/apps", big.clone());
+    request
+        .headers_mut()
+        .insert("content-length", big.len().into());
+    let (status, bytes) = t.send(request).await;
+    let message = assert_error(
+        status,
+        &parse(&bytes),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+    );
+    assert!(!message.contains("xxxx"), "{message}");
+
+    let stream = Body::from_stream(chunked(big.into_bytes()));
+    let (status, bytes) = t
+        .send(post_raw(
+            &t,
+            &format!("/api/v1/apps/{app}/invoke/keep"),
+            stream,
+        ))
+        .await;
+    assert_error(
+        status,
+        &parse(&bytes),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+    );
+
+    assert_eq!(app_count(&t).await, 1, "no app was created");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM kv_entries")
+        .fetch_one(&t.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "the script never ran");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn invalid_names_are_422_for_apps_and_scripts(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("a").await;
+    for name in ["", "has space", "dot.ted", "é", &"x".repeat(65)] {
+        let (status, body) = t
+            .admin(
+                Method::POST,
+                "/api/v1/admin/apps",
+                Some(json!({ "name": name })),
+            )
+            .await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+        );
+        let (status, body) = t
+            .admin(
+                Method::POST,
+                &format!("/api/v1/admin/apps/{app}/scripts"),
+                Some(json!({ "name": name, "source": "1" })),
+            )
+            .await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+        );
+    }
+    assert_eq!(app_count(&t).await, 1);
+    let (_, scripts) = t
+        .admin(
+            Method::GET,
+            &format!("/api/v1/admin/apps/{app}/scripts"),
+            None,
+        )
+        .await;
+    assert_eq!(scripts, json!([]));
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn missing_or_malformed_authorization_is_401_on_admin_routes_and_invoke(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("a").await;
+    t.create_script(&app, "private", "1", false).await;
+    let unknown_key = format!("pk_{}", "A".repeat(43));
+    let headers = [
+        None,
+        Some("Basic abc".to_owned()),
+        Some("Bearer".to_owned()),
+        Some("Bearer a b".to_owned()),
+        Some("Bearer pk_short".to_owned()),
+        Some("Bearer sk_live_xyz".to_owned()),
+        Some(format!("Bearer {unknown_key}")),
+    ];
+    let invoke = format!("/api/v1/apps/{app}/invoke/private");
+    for (method, uri) in [
+        (Method::GET, "/api/v1/admin/apps"),
+        (Method::POST, invoke.as_str()),
+    ] {
+        for header in &headers {
+            let mut builder = Request::builder().method(method.clone()).uri(uri);
+            if let Some(h) = header {
+                builder = builder.header("authorization", h);
+            }
+            let (status, bytes) = t.send(builder.body(Body::empty()).unwrap()).await;
+            let message = assert_error(
+                status,
+                &parse(&bytes),
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            );
+            if let Some(h) = header {
+                let credential = h
+                    .trim_start_matches("Bearer")
+                    .trim_start_matches("Basic")
+                    .trim();
+                assert!(
+                    credential.is_empty() || !message.contains(credential),
+                    "{uri} {h}: {message}"
+                );
+            }
+        }
+    }
+}
+
+/// A body that arrives in chunks, without a Content-Length.
+fn chunked(
+    bytes: Vec<u8>,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send {
+    struct Chunks(Vec<Vec<u8>>);
+    impl futures_core::Stream for Chunks {
+        type Item = Result<Vec<u8>, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(if self.0.is_empty() {
+                None
+            } else {
+                Some(Ok(self.0.remove(0)))
+            })
+        }
+    }
+    Chunks(bytes.chunks(8192).map(<[u8]>::to_vec).collect())
+}
