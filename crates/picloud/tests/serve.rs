@@ -660,3 +660,56 @@ fn keys_rotate_beside_a_server_moves_every_secret_to_the_new_key() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains(&new_id), "names the missing key id: {err}");
 }
+
+#[test]
+fn sigterm_lets_an_in_flight_invoke_finish_then_exits_0() {
+    let (_tmp, data) = data_dir();
+    let port = free_port();
+    let server = Server::start(&data, port, "inflight", &[]);
+    let key = std::fs::read_to_string(data.join("admin.key"))
+        .unwrap()
+        .trim_end()
+        .to_owned();
+    let (status, app) = http(
+        port,
+        "POST",
+        "/api/v1/admin/apps",
+        Some(&key),
+        Some(r#"{"name":"slow"}"#),
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{app}");
+    let app = json(&app)["id"].as_str().unwrap().to_owned();
+    let scripts = format!("/api/v1/admin/apps/{app}/scripts");
+    for (name, source) in [
+        (
+            "slow",
+            r#"kv::set("m", "slow", true); let t = timestamp(); while t.elapsed < 1.5 {} "finished""#,
+        ),
+        ("peek", r#"kv::get("m", "slow")"#),
+    ] {
+        let body = serde_json::json!({"name": name, "source": source}).to_string();
+        let (status, out) = http(port, "POST", &scripts, Some(&key), Some(&body)).unwrap();
+        assert_eq!(status, 201, "{out}");
+    }
+
+    let in_flight = {
+        let key = key.clone();
+        let path = format!("/api/v1/apps/{app}/invoke/slow");
+        std::thread::spawn(move || http(port, "POST", &path, Some(&key), Some("{}")))
+    };
+    let peek = format!("/api/v1/apps/{app}/invoke/peek");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http(port, "POST", &peek, Some(&key), Some("{}")).unwrap() != (200, "true".into()) {
+        assert!(Instant::now() < deadline, "the slow script never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The signal arrives while `slow` runs: it still answers, then picloud exits 0.
+    let (code, logs) = server.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, 0, "{logs}");
+    let (status, body) = in_flight.join().unwrap().unwrap();
+    assert_eq!((status, body.as_str()), (200, "\"finished\""), "{logs}");
+    assert!(logs.contains("finishing in-flight requests"), "{logs}");
+    assert!(!postmaster_alive(&data), "PostgreSQL was stopped");
+}
