@@ -473,6 +473,17 @@ fn secret_values_never_reach_logs_and_a_wrong_key_refuses_start() {
         "debug logs were captured, so the check below is meaningful"
     );
     assert!(!logs.contains("MARKER"), "a secret value reached the logs");
+    // `log::info` from a script is a structured event carrying app and script.
+    let script_log = logs
+        .lines()
+        .find(|l| l.contains("got a secret"))
+        .unwrap_or_else(|| panic!("the script's log::info is missing: {logs}"));
+    let script_log = json(script_log);
+    assert_eq!(script_log["level"], "INFO", "{script_log}");
+    assert_eq!(script_log["target"], "picloud::script", "{script_log}");
+    assert_eq!(script_log["fields"]["app_id"], app.as_str(), "{script_log}");
+    assert_eq!(script_log["fields"]["script"], "use", "{script_log}");
+    assert_eq!(script_log["fields"]["trigger"], "http", "{script_log}");
     // stdout shows the first admin key once, by design; the logs are stderr.
     let stderr = logs.split("stderr:").nth(1).unwrap_or_default();
     assert!(!stderr.contains(&key), "an API key reached the logs");
