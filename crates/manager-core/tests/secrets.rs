@@ -131,6 +131,22 @@ async fn rotation_reseals_everything_and_resumes_after_interruption(pool: PgPool
     let partial = rotate(&pool, &rotating, 3, Some(1)).await.unwrap();
     assert!(!partial.complete);
     assert_eq!(partial.tables, vec![("secrets", 3, 0)]);
+    // Half way, a server holding both keys reads every value, and the old key alone
+    // is no longer enough (the start-up check names the new key).
+    let mixed = SecretsServiceImpl::new(pool.clone(), rotating.clone(), 1024);
+    for i in 0..7 {
+        assert_eq!(
+            mixed.get(a, &format!("s{i}")).await.unwrap(),
+            Some(json!({"i": i}))
+        );
+    }
+    assert_eq!(mixed.get(b, "only-b").await.unwrap(), Some(json!("b")));
+    let old_only = keyring_of(&old, &[]);
+    let refused = check_keys(&pool, &old_only).await.unwrap_err().to_string();
+    assert!(
+        refused.contains(&rotating.active_id().to_string()),
+        "{refused}"
+    );
     // Run again: completes, and counts what the first run did.
     let done = rotate(&pool, &rotating, 3, None).await.unwrap();
     assert!(done.complete);
