@@ -4,6 +4,7 @@
 //! `main.rs` is a thin CLI over this library; integration tests drive
 //! `http::build_app` directly against a real database.
 
+pub mod cache_sync;
 pub mod config;
 pub mod database;
 pub mod embedded_pg;
@@ -13,4 +14,4 @@ pub mod metrics;
 pub mod script_cache;
 pub mod server;
 
-pub use http::build_app;
+pub use http::{build_app, build_app_with_caches};

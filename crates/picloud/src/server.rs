@@ -7,9 +7,10 @@
 //! embedded PostgreSQL is stopped before the process exits with 0.
 
 use crate::{
+    cache_sync,
     config::Config,
     database::{Database, Ownership},
-    http::build_app,
+    http::build_app_with_caches,
 };
 use anyhow::Context;
 use picloud_manager_core::{sealed::check_keys, service::api_keys::ApiKeysService};
@@ -40,7 +41,10 @@ pub async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
                 config.listen
             )
         })?;
-    let app = build_app(database.pool.clone(), config.app.clone(), Arc::new(keyring));
+    let (app, caches) =
+        build_app_with_caches(database.pool.clone(), config.app.clone(), Arc::new(keyring));
+    // Ends by itself when the pool closes at shutdown.
+    tokio::spawn(cache_sync::listen(database.pool.clone(), caches));
     tracing::info!(address = %config.listen, "picloud is listening");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -82,12 +82,13 @@ pub async fn count(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
         .await
 }
 
-/// Deletes a key; the deleted key's digest when one went (so caches can drop it).
-pub async fn delete(db: impl PgExecutor<'_>, id: ApiKeyId) -> Result<Option<Vec<u8>>, sqlx::Error> {
-    sqlx::query_scalar("DELETE FROM api_keys WHERE id = $1 RETURNING key_digest")
+/// Deletes a key; `true` when one went.
+pub async fn delete(db: impl PgExecutor<'_>, id: ApiKeyId) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query("DELETE FROM api_keys WHERE id = $1")
         .bind(id.0)
-        .fetch_optional(db)
-        .await
+        .execute(db)
+        .await?;
+    Ok(result.rows_affected() > 0)
 }
 
 /// Records a use of the key.

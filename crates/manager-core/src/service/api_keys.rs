@@ -99,14 +99,13 @@ impl ApiKeysService {
         Ok(repo::api_keys::count(&self.pool).await?)
     }
 
-    /// Deletes a key; returns its digest so an auth cache can drop it.
-    pub async fn delete(&self, id: ApiKeyId) -> Result<[u8; 32], ManagerError> {
-        let digest = repo::api_keys::delete(&self.pool, id)
-            .await?
-            .ok_or(ManagerError::NotFound("API key"))?;
-        digest
-            .try_into()
-            .map_err(|_| ManagerError::Validation("stored key digest has the wrong length".into()))
+    /// Deletes a key (caches drop it through the change notification and `forget`).
+    pub async fn delete(&self, id: ApiKeyId) -> Result<(), ManagerError> {
+        if repo::api_keys::delete(&self.pool, id).await? {
+            Ok(())
+        } else {
+            Err(ManagerError::NotFound("API key"))
+        }
     }
 
     /// Records that a key was used (callers rate-limit this).

@@ -1,9 +1,11 @@
 //! Bearer-key authentication with an in-memory cache.
 //!
 //! Keys are looked up by SHA-256 digest; a hit is served from memory so the
-//! hot path of a request never waits on the database. Deleting a key through
-//! this process drops it from the cache at once. `last_used_at` is written off
-//! the request path, at most once a minute per key.
+//! hot path of a request never waits on the database. Deleting a key drops it
+//! from this process's cache at once and from every other process's through
+//! `cache_sync`; a load that raced the delete is not cached (a generation
+//! check, as in `script_cache`). `last_used_at` is written off the request
+//! path, at most once a minute per key.
 
 use super::{error::ApiError, AppState};
 use axum::{extract::FromRequestParts, http::request::Parts};
@@ -47,11 +49,17 @@ struct CachedKey {
     last_touch: AtomicI64,
 }
 
+#[derive(Default)]
+struct Entries {
+    by_digest: HashMap<[u8; 32], Arc<CachedKey>>,
+    generation: u64,
+}
+
 /// Cache of authenticated keys by digest.
 #[derive(Clone)]
 pub struct AuthCache {
     keys: ApiKeysService,
-    entries: Arc<RwLock<HashMap<[u8; 32], Arc<CachedKey>>>>,
+    entries: Arc<RwLock<Entries>>,
 }
 
 fn now_secs() -> i64 {
@@ -76,11 +84,10 @@ impl AuthCache {
             return Ok(None);
         }
         let digest = digest_key(key);
-        let cached = self
-            .entries
-            .read()
-            .ok()
-            .and_then(|map| map.get(&digest).cloned());
+        let (cached, seen) = match self.entries.read() {
+            Ok(entries) => (entries.by_digest.get(&digest).cloned(), entries.generation),
+            Err(_) => (None, u64::MAX),
+        };
         let entry = match cached {
             Some(entry) => entry,
             None => {
@@ -94,8 +101,11 @@ impl AuthCache {
                     },
                     last_touch: AtomicI64::new(0),
                 });
-                if let Ok(mut map) = self.entries.write() {
-                    map.insert(digest, entry.clone());
+                if let Ok(mut entries) = self.entries.write() {
+                    // A delete since `seen` may have been of this very key: do not cache it.
+                    if entries.generation == seen {
+                        entries.by_digest.insert(digest, entry.clone());
+                    }
                 }
                 entry
             }
@@ -128,9 +138,19 @@ impl AuthCache {
     }
 
     /// Drops a deleted key from the cache.
-    pub fn forget(&self, digest: &[u8; 32]) {
-        if let Ok(mut map) = self.entries.write() {
-            map.remove(digest);
+    pub fn forget(&self, id: ApiKeyId) {
+        self.invalidate(|by_digest| by_digest.retain(|_, entry| entry.principal.key_id != id));
+    }
+
+    /// Forgets every key (when invalidations from other processes may have been missed).
+    pub fn clear(&self) {
+        self.invalidate(HashMap::clear);
+    }
+
+    fn invalidate(&self, change: impl FnOnce(&mut HashMap<[u8; 32], Arc<CachedKey>>)) {
+        if let Ok(mut entries) = self.entries.write() {
+            change(&mut entries.by_digest);
+            entries.generation = entries.generation.wrapping_add(1);
         }
     }
 }

@@ -47,10 +47,11 @@ async fn find_script(
     if let Some(hit) = st.script_cache.get(app, name) {
         return Ok(Some(hit));
     }
+    let seen = st.script_cache.generation();
     match st.scripts.get_by_name(app, name).await {
         Ok(script) => {
             let cached = Arc::new(CachedScript::from(script));
-            st.script_cache.insert(app, cached.clone());
+            st.script_cache.insert(app, cached.clone(), seen);
             Ok(Some(cached))
         }
         Err(picloud_manager_core::ManagerError::NotFound(_)) => Ok(None),

@@ -11,7 +11,7 @@ pub mod extract;
 pub mod invoke;
 pub mod system;
 
-use crate::{config::AppConfig, metrics::Metrics, script_cache::ScriptCache};
+use crate::{cache_sync::Caches, config::AppConfig, metrics::Metrics, script_cache::ScriptCache};
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request},
     Router,
@@ -88,6 +88,16 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// `keyring` (a parameter, so tests never touch process env). Call inside a
 /// tokio runtime.
 pub fn build_app(pool: PgPool, config: AppConfig, keyring: Arc<Keyring>) -> Router {
+    build_app_with_caches(pool, config, keyring).0
+}
+
+/// [`build_app`], also handing out its caches so a server can keep them in step
+/// with other processes (`cache_sync::listen`).
+pub fn build_app_with_caches(
+    pool: PgPool,
+    config: AppConfig,
+    keyring: Arc<Keyring>,
+) -> (Router, Caches) {
     let kv = Arc::new(KvServiceImpl::new(pool.clone(), config.kv_max_value_bytes));
     let secrets: Arc<dyn SecretsService> = Arc::new(SecretsServiceImpl::new(
         pool.clone(),
@@ -117,10 +127,14 @@ pub fn build_app(pool: PgPool, config: AppConfig, keyring: Arc<Keyring>) -> Rout
         openapi_json: Arc::default(),
         pool,
     };
+    let caches = Caches {
+        auth: state.auth.clone(),
+        scripts: state.script_cache.clone(),
+    };
     let (router, doc) = routes().split_for_parts();
     let doc_json = doc.to_json().unwrap_or_else(|_| "{}".into());
     let _ = state.openapi_json.set(doc_json);
-    router
+    let router = router
         .fallback(system::not_found)
         .layer(DefaultBodyLimit::max(max_request_bytes))
         .layer(
@@ -134,5 +148,6 @@ pub fn build_app(pool: PgPool, config: AppConfig, keyring: Arc<Keyring>) -> Rout
                 tracing::info_span!("request", method = %req.method(), route)
             }),
         )
-        .with_state(state)
+        .with_state(state);
+    (router, caches)
 }

@@ -79,7 +79,7 @@ async fn delete_key(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     principal.require(Capability::ApiKeysManage)?;
-    let digest = st.api_keys.delete(ApiKeyId(id)).await?;
-    st.auth.forget(&digest);
+    st.api_keys.delete(ApiKeyId(id)).await?;
+    st.auth.forget(ApiKeyId(id));
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,0 +1,140 @@
+//! Keeps the in-memory caches of every picloud process on one database in step.
+//!
+//! Database triggers (migration `0003_cache_notify`) announce each committed change
+//! to a cached row on channel [`CHANNEL`]; every server listens there and drops the
+//! entries the change touches. A process also drops its own entries at once when it
+//! makes a change, so this matters for the *other* processes: replicas behind a load
+//! balancer, and one-off CLI commands beside a server.
+//!
+//! If the listening connection is lost, notifications may have been missed while it
+//! was down, so every cache is cleared when it comes back (and when listening starts).
+
+use crate::{http::auth::AuthCache, script_cache::ScriptCache};
+use picloud_shared::ids::{ApiKeyId, AppId};
+use serde::Deserialize;
+use sqlx::{postgres::PgListener, PgPool};
+use std::time::Duration;
+
+/// The notification channel the triggers of migration `0003_cache_notify` use.
+pub const CHANNEL: &str = "picloud_cache";
+
+/// How long to wait before listening again after an error.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// What changed, as the triggers announce it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Invalidation {
+    /// A key was deleted or its scopes changed.
+    ApiKey { id: ApiKeyId },
+    /// A script was updated (possibly renamed) or deleted; every name it had.
+    Script { app_id: AppId, names: Vec<String> },
+    /// An app was deleted, with all its scripts.
+    App { app_id: AppId },
+}
+
+/// The caches a notification can touch.
+#[derive(Clone)]
+pub struct Caches {
+    /// API keys by digest.
+    pub auth: AuthCache,
+    /// Scripts by (app, name).
+    pub scripts: ScriptCache,
+}
+
+impl Caches {
+    /// Drops what `change` makes stale.
+    pub fn apply(&self, change: &Invalidation) {
+        match change {
+            Invalidation::ApiKey { id } => self.auth.forget(*id),
+            Invalidation::Script { app_id, names } => {
+                for name in names {
+                    self.scripts.remove(*app_id, name);
+                }
+            }
+            Invalidation::App { app_id } => self.scripts.remove_app(*app_id),
+        }
+    }
+
+    /// Drops everything: for when notifications may have been missed.
+    pub fn clear(&self) {
+        self.auth.clear();
+        self.scripts.clear();
+    }
+
+    /// Applies one notification payload; one that cannot be read clears everything.
+    pub fn apply_payload(&self, payload: &str) {
+        match serde_json::from_str::<Invalidation>(payload) {
+            Ok(change) => self.apply(&change),
+            Err(error) => {
+                tracing::warn!(%error, "unreadable cache notification; clearing every cache");
+                self.clear();
+            }
+        }
+    }
+}
+
+/// Listens for changes until `pool` is closed; spawn it once per server.
+pub async fn listen(pool: PgPool, caches: Caches) {
+    loop {
+        if pool.is_closed() {
+            return;
+        }
+        match listen_once(&pool, &caches).await {
+            Ok(()) => return,
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(error) => {
+                tracing::warn!(%error, "cache notifications interrupted; retrying");
+                tokio::time::sleep(RETRY_DELAY).await;
+            }
+        }
+    }
+}
+
+/// One listening session: `Ok` when the pool closes, `Err` on a failure to retry.
+async fn listen_once(pool: &PgPool, caches: &Caches) -> Result<(), sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    // Anything cached before listening began may already be stale.
+    caches.clear();
+    tracing::debug!(channel = CHANNEL, "listening for cache invalidations");
+    loop {
+        match listener.try_recv().await? {
+            Some(notification) => caches.apply_payload(notification.payload()),
+            None => {
+                // The connection was lost and re-established: changes may have gone by.
+                tracing::warn!("cache notification connection lost; clearing every cache");
+                caches.clear();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_payloads_parse() {
+        let app = AppId::new();
+        let key = ApiKeyId::new();
+        let script = format!(r#"{{"kind":"script","app_id":"{app}","names":["old","new"]}}"#);
+        assert_eq!(
+            serde_json::from_str::<Invalidation>(&script).unwrap(),
+            Invalidation::Script {
+                app_id: app,
+                names: vec!["old".into(), "new".into()]
+            }
+        );
+        let key_change = format!(r#"{{"kind":"api_key","id":"{key}"}}"#);
+        assert_eq!(
+            serde_json::from_str::<Invalidation>(&key_change).unwrap(),
+            Invalidation::ApiKey { id: key }
+        );
+        let app_change = format!(r#"{{"kind":"app","app_id":"{app}"}}"#);
+        assert_eq!(
+            serde_json::from_str::<Invalidation>(&app_change).unwrap(),
+            Invalidation::App { app_id: app }
+        );
+    }
+}
