@@ -676,7 +676,13 @@ fn keys_rotate_beside_a_server_moves_every_secret_to_the_new_key() {
 fn sigterm_lets_an_in_flight_invoke_finish_then_exits_0() {
     let (_tmp, data) = data_dir();
     let port = free_port();
-    let server = Server::start(&data, port, "inflight", &[]);
+    // The slow script busy-waits; no operation cap should end it first.
+    let server = Server::start(
+        &data,
+        port,
+        "inflight",
+        &[("PICLOUD_SCRIPT_MAX_OPERATIONS", "1000000000000")],
+    );
     let key = std::fs::read_to_string(data.join("admin.key"))
         .unwrap()
         .trim_end()
@@ -695,7 +701,7 @@ fn sigterm_lets_an_in_flight_invoke_finish_then_exits_0() {
     for (name, source) in [
         (
             "slow",
-            r#"kv::set("m", "slow", true); let t = timestamp(); while t.elapsed < 1.5 {} "finished""#,
+            r#"kv::set("m", "slow", true); let t = timestamp(); while t.elapsed < 3.0 {} "finished""#,
         ),
         ("peek", r#"kv::get("m", "slow")"#),
     ] {
