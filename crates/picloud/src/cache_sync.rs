@@ -7,19 +7,29 @@
 //! balancer, and one-off CLI commands beside a server.
 //!
 //! If the listening connection is lost, notifications may have been missed while it
-//! was down, so every cache is cleared when it comes back (and when listening starts).
+//! was down, so every cache is cleared when listening fails and again when it starts.
+//! A connection that dies silently (a half-open TCP connection behind a NAT or a
+//! failover) would never report an error, so an idle listener probes its connection
+//! every [`PROBE_INTERVAL`] and starts over when the probe does not answer.
 
 use crate::{http::auth::AuthCache, script_cache::ScriptCache};
-use picloud_shared::ids::{ApiKeyId, AppId};
+use picloud_executor_core::Executor;
+use picloud_shared::ids::{ApiKeyId, AppId, ScriptId};
 use serde::Deserialize;
-use sqlx::{postgres::PgListener, PgPool};
-use std::time::Duration;
+use sqlx::{postgres::PgListener, Executor as _, PgPool};
+use std::{sync::Arc, time::Duration};
 
 /// The notification channel the triggers of migration `0003_cache_notify` use.
 pub const CHANNEL: &str = "picloud_cache";
 
 /// How long to wait before listening again after an error.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// How long the listener may sit idle before it checks its connection.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a connection probe may take before the connection counts as dead.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What changed, as the triggers announce it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -28,9 +38,15 @@ pub enum Invalidation {
     /// A key was deleted or its scopes changed.
     ApiKey { id: ApiKeyId },
     /// A script was updated (possibly renamed) or deleted; every name it had.
-    Script { app_id: AppId, names: Vec<String> },
-    /// An app was deleted, with all its scripts.
+    Script {
+        app_id: AppId,
+        id: ScriptId,
+        names: Vec<String>,
+    },
+    /// An app was deleted (its scripts announce their own deletion too).
     App { app_id: AppId },
+    /// A table was truncated: anything may be gone.
+    All,
 }
 
 /// The caches a notification can touch.
@@ -40,6 +56,8 @@ pub struct Caches {
     pub auth: AuthCache,
     /// Scripts by (app, name).
     pub scripts: ScriptCache,
+    /// Compiled scripts by (id, version): dropped only to free memory.
+    pub executor: Arc<Executor>,
 }
 
 impl Caches {
@@ -47,12 +65,14 @@ impl Caches {
     pub fn apply(&self, change: &Invalidation) {
         match change {
             Invalidation::ApiKey { id } => self.auth.forget(*id),
-            Invalidation::Script { app_id, names } => {
+            Invalidation::Script { app_id, id, names } => {
                 for name in names {
                     self.scripts.remove(*app_id, name);
                 }
+                self.executor.invalidate(*id);
             }
             Invalidation::App { app_id } => self.scripts.remove_app(*app_id),
+            Invalidation::All => self.clear(),
         }
     }
 
@@ -84,7 +104,9 @@ pub async fn listen(pool: PgPool, caches: Caches) {
             Ok(()) => return,
             Err(sqlx::Error::PoolClosed) => return,
             Err(error) => {
-                tracing::warn!(%error, "cache notifications interrupted; retrying");
+                // Changes may go by unseen until listening works again: cache nothing stale.
+                caches.clear();
+                tracing::warn!(%error, "cache notifications interrupted; caches cleared, retrying");
                 tokio::time::sleep(RETRY_DELAY).await;
             }
         }
@@ -99,7 +121,14 @@ async fn listen_once(pool: &PgPool, caches: &Caches) -> Result<(), sqlx::Error> 
     caches.clear();
     tracing::debug!(channel = CHANNEL, "listening for cache invalidations");
     loop {
-        match listener.try_recv().await? {
+        let next = match tokio::time::timeout(PROBE_INTERVAL, listener.try_recv()).await {
+            Ok(next) => next?,
+            Err(_idle) => {
+                probe(&mut listener).await?;
+                continue;
+            }
+        };
+        match next {
             Some(notification) => caches.apply_payload(notification.payload()),
             None => {
                 // The connection was lost and re-established: changes may have gone by.
@@ -107,6 +136,17 @@ async fn listen_once(pool: &PgPool, caches: &Caches) -> Result<(), sqlx::Error> 
                 caches.clear();
             }
         }
+    }
+}
+
+/// Checks that the listening connection still answers.
+async fn probe(listener: &mut PgListener) -> Result<(), sqlx::Error> {
+    match tokio::time::timeout(PROBE_TIMEOUT, listener.execute("SELECT 1")).await {
+        Ok(result) => result.map(|_| ()),
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the cache notification connection did not answer a probe",
+        ))),
     }
 }
 
@@ -118,13 +158,20 @@ mod tests {
     fn trigger_payloads_parse() {
         let app = AppId::new();
         let key = ApiKeyId::new();
-        let script = format!(r#"{{"kind":"script","app_id":"{app}","names":["old","new"]}}"#);
+        let id = ScriptId::new();
+        let script =
+            format!(r#"{{"kind":"script","app_id":"{app}","id":"{id}","names":["old","new"]}}"#);
         assert_eq!(
             serde_json::from_str::<Invalidation>(&script).unwrap(),
             Invalidation::Script {
                 app_id: app,
+                id,
                 names: vec!["old".into(), "new".into()]
             }
+        );
+        assert_eq!(
+            serde_json::from_str::<Invalidation>(r#"{"kind":"all"}"#).unwrap(),
+            Invalidation::All
         );
         let key_change = format!(r#"{{"kind":"api_key","id":"{key}"}}"#);
         assert_eq!(

@@ -69,7 +69,13 @@ impl Database {
 
     /// Closes the pool and stops an embedded cluster this process started.
     pub async fn close(mut self) {
-        self.pool.close().await;
+        // Bounded: a connection wedged on a dead socket must not hold up shutdown.
+        if tokio::time::timeout(Duration::from_secs(10), self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections did not close within 10 s; stopping anyway");
+        }
         if let Some(pg) = self.embedded.as_mut() {
             if let Err(e) = pg.stop().await {
                 tracing::error!(error = %e, "stopping the embedded PostgreSQL failed");

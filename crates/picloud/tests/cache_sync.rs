@@ -1,17 +1,19 @@
 //! Two picloud processes on one database: a change made through one (or by plain
 //! SQL) reaches the in-memory caches of the other through the database's change
-//! notifications.
+//! notifications, also after the listening connection was killed.
 
 mod support;
 
 use axum::http::{Method, StatusCode};
 use picloud::{build_app_with_caches, cache_sync};
 use picloud_manager_core::MIGRATOR;
-use picloud_shared::auth::Scope;
+use picloud_shared::{auth::Scope, ids::ApiKeyId};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
 use support::{test_config, test_keyring, TestApp};
+
+const LISTEN_QUERY: &str = r#"LISTEN "picloud_cache"%"#;
 
 /// Calls `path` through `t` with `key` until `want` comes back (a null body: any), for at most 10 s.
 async fn eventually(t: &TestApp, key: &str, path: &str, want: (StatusCode, Value)) {
@@ -29,69 +31,138 @@ async fn eventually(t: &TestApp, key: &str, path: &str, want: (StatusCode, Value
     }
 }
 
+/// The backend pid of the listener's connection, once it listens.
+async fn listener_pid(pool: &PgPool, not: Option<i32>) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE $1 AND datname = current_database()",
+        )
+        .bind(LISTEN_QUERY)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        if let Some(pid) = pids.into_iter().find(|p| Some(*p) != not) {
+            return pid;
+        }
+        if Instant::now() >= deadline {
+            let all: Vec<(Option<String>, Option<String>)> =
+                sqlx::query_as("SELECT query, state FROM pg_stat_activity")
+                    .fetch_all(pool)
+                    .await
+                    .unwrap();
+            panic!("the listener never listened: {all:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn put_script(t: &TestApp, app: &str, script: &str, name: &str, source: &str) {
+    let (status, body) = t
+        .admin(
+            Method::PUT,
+            &format!("/api/v1/admin/apps/{app}/scripts/{script}"),
+            Some(json!({"name": name, "source": source})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn changes_through_one_process_reach_the_caches_of_another(pool: PgPool) {
     let a = TestApp::new(pool.clone()).await;
     let (router, caches) = build_app_with_caches(pool.clone(), test_config(), test_keyring());
+    let b_caches = caches.clone();
     let b = TestApp {
         router,
         pool: pool.clone(),
         admin_key: a.admin_key.clone(),
     };
     let app = a.create_app("shared").await;
+    let app_id = picloud_shared::ids::AppId(app.parse().unwrap());
     let script = a.create_script(&app, "version", "1", false).await;
     let caller = a.key_with(&[Scope::DataWrite]).await;
+    let caller_id: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM api_keys WHERE scopes = '{data:write}'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let caller_id = ApiKeyId(caller_id);
     let invoke = format!("/api/v1/apps/{app}/invoke/version");
+    let call = |path: String| {
+        let b = &b;
+        let caller = caller.clone();
+        async move {
+            b.call(Method::POST, &path, Some(&caller), Some(json!({})))
+                .await
+        }
+    };
 
     // B caches the script and the key.
-    let got = b
-        .call(Method::POST, &invoke, Some(&caller), Some(json!({})))
-        .await;
-    assert_eq!(got, (StatusCode::OK, json!(1)));
+    assert_eq!(call(invoke.clone()).await, (StatusCode::OK, json!(1)));
+    assert!(b_caches.scripts.get(app_id, "version").is_some());
+    assert!(b_caches.auth.is_cached(caller_id));
 
     // Without listening, B keeps serving what it cached: this is what the sync fixes.
-    let (status, body) = a
-        .admin(
-            Method::PUT,
-            &format!("/api/v1/admin/apps/{app}/scripts/{script}"),
-            Some(json!({"name": "version", "source": "2"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let got = b
-        .call(Method::POST, &invoke, Some(&caller), Some(json!({})))
-        .await;
-    assert_eq!(got, (StatusCode::OK, json!(1)), "B still has its copy");
+    put_script(&a, &app, &script, "version", "2").await;
+    assert_eq!(
+        call(invoke.clone()).await,
+        (StatusCode::OK, json!(1)),
+        "B still has its copy"
+    );
 
-    // B starts listening: what it cached before is dropped, then changes arrive.
+    // B starts listening: what it cached before is dropped.
     let listener = tokio::spawn(cache_sync::listen(pool.clone(), caches));
+    let first_pid = listener_pid(&pool, None).await;
     eventually(&b, &caller, &invoke, (StatusCode::OK, json!(2))).await;
 
-    let (status, body) = a
-        .admin(
-            Method::PUT,
-            &format!("/api/v1/admin/apps/{app}/scripts/{script}"),
-            Some(json!({"name": "version", "source": "3"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    // From now on each change arrives by notification; B has cached what it changes.
+    assert!(b_caches.scripts.get(app_id, "version").is_some());
+    put_script(&a, &app, &script, "version", "3").await;
     eventually(&b, &caller, &invoke, (StatusCode::OK, json!(3))).await;
 
+    // A rename: the old name is gone on B, the new one answers.
+    assert!(b_caches.scripts.get(app_id, "version").is_some());
+    put_script(&a, &app, &script, "renamed", "4").await;
+    eventually(&b, &caller, &invoke, (StatusCode::NOT_FOUND, Value::Null)).await;
+    let renamed = format!("/api/v1/apps/{app}/invoke/renamed");
+    assert_eq!(call(renamed.clone()).await, (StatusCode::OK, json!(4)));
+
+    // A plain-SQL source change bumps the version (trigger) and reaches B.
+    assert!(b_caches.scripts.get(app_id, "renamed").is_some());
+    sqlx::query("UPDATE scripts SET source = '5' WHERE id = $1::uuid")
+        .bind(&script)
+        .execute(&pool)
+        .await
+        .unwrap();
+    eventually(&b, &caller, &renamed, (StatusCode::OK, json!(5))).await;
+
+    // The listening connection is killed: the listener reconnects and still delivers.
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(first_pid)
+        .execute(&pool)
+        .await
+        .unwrap();
+    listener_pid(&pool, Some(first_pid)).await;
+    assert_eq!(call(renamed.clone()).await, (StatusCode::OK, json!(5)));
+    assert!(b_caches.scripts.get(app_id, "renamed").is_some());
+    put_script(&a, &app, &script, "renamed", "6").await;
+    eventually(&b, &caller, &renamed, (StatusCode::OK, json!(6))).await;
+
+    // A scope change by SQL: the key is cached on B, then refused with 403.
+    assert!(b_caches.auth.is_cached(caller_id));
+    sqlx::query("UPDATE api_keys SET scopes = '{data:read}' WHERE id = $1")
+        .bind(caller_id.0)
+        .execute(&pool)
+        .await
+        .unwrap();
+    eventually(&b, &caller, &renamed, (StatusCode::FORBIDDEN, Value::Null)).await;
+
     // A key deleted through A stops working on B.
-    let (_, keys) = a.admin(Method::GET, "/api/v1/admin/api-keys", None).await;
-    let caller_id = keys
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["scopes"] == json!(["data:write"]))
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let (status, _) = a
         .admin(
             Method::DELETE,
-            &format!("/api/v1/admin/api-keys/{caller_id}"),
+            &format!("/api/v1/admin/api-keys/{}", caller_id.0),
             None,
         )
         .await;
@@ -99,22 +170,25 @@ async fn changes_through_one_process_reach_the_caches_of_another(pool: PgPool) {
     eventually(
         &b,
         &caller,
-        &invoke,
+        &renamed,
         (StatusCode::UNAUTHORIZED, Value::Null),
     )
     .await;
 
-    // Any writer counts, not only the admin API: an app deleted by plain SQL is gone on B.
-    sqlx::query("DELETE FROM apps WHERE id = $1::uuid")
-        .bind(&app)
+    // TRUNCATE fires no row triggers; its statement trigger clears everything.
+    let admin = b.admin_key.clone();
+    eventually(&b, &admin, &renamed, (StatusCode::OK, json!(6))).await;
+    assert!(b_caches.scripts.get(app_id, "renamed").is_some());
+    sqlx::query("TRUNCATE apps CASCADE")
         .execute(&pool)
         .await
         .unwrap();
-    let admin = b.admin_key.clone();
-    eventually(&b, &admin, &invoke, (StatusCode::NOT_FOUND, Value::Null)).await;
+    eventually(&b, &admin, &renamed, (StatusCode::NOT_FOUND, Value::Null)).await;
 
     // The listener ends with the pool.
-    pool.close().await;
+    tokio::time::timeout(Duration::from_secs(10), pool.close())
+        .await
+        .expect("the pool closes although the listener held a connection");
     tokio::time::timeout(Duration::from_secs(10), listener)
         .await
         .expect("the listener stops when the pool closes")

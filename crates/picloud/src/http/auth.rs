@@ -142,6 +142,14 @@ impl AuthCache {
         self.invalidate(|by_digest| by_digest.retain(|_, entry| entry.principal.key_id != id));
     }
 
+    /// Whether a key is cached (for tests and diagnostics).
+    pub fn is_cached(&self, id: ApiKeyId) -> bool {
+        self.entries
+            .read()
+            .map(|e| e.by_digest.values().any(|k| k.principal.key_id == id))
+            .unwrap_or(false)
+    }
+
     /// Forgets every key (when invalidations from other processes may have been missed).
     pub fn clear(&self) {
         self.invalidate(HashMap::clear);

@@ -130,6 +130,7 @@ pub fn build_app_with_caches(
     let caches = Caches {
         auth: state.auth.clone(),
         scripts: state.script_cache.clone(),
+        executor: state.executor.clone(),
     };
     let (router, doc) = routes().split_for_parts();
     let doc_json = doc.to_json().unwrap_or_else(|_| "{}".into());
