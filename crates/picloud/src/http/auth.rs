@@ -194,6 +194,7 @@ pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, 
         ));
     }
     state
+        .caches
         .auth
         .authenticate(token)
         .await?

@@ -44,14 +44,14 @@ async fn find_script(
     app: AppId,
     name: &str,
 ) -> Result<Option<Arc<CachedScript>>, ApiError> {
-    if let Some(hit) = st.script_cache.get(app, name) {
+    if let Some(hit) = st.caches.scripts.get(app, name) {
         return Ok(Some(hit));
     }
-    let seen = st.script_cache.generation();
+    let seen = st.caches.scripts.generation();
     match st.scripts.get_by_name(app, name).await {
         Ok(script) => {
             let cached = Arc::new(CachedScript::from(script));
-            st.script_cache.insert(app, cached.clone(), seen);
+            st.caches.scripts.insert(app, cached.clone(), seen);
             Ok(Some(cached))
         }
         Err(picloud_manager_core::ManagerError::NotFound(_)) => Ok(None),

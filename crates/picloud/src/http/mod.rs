@@ -39,9 +39,9 @@ pub struct AppState {
     pub scripts: ScriptsService,
     pub api_keys: ApiKeysService,
     pub secrets: Arc<dyn SecretsService>,
-    pub auth: auth::AuthCache,
     pub executor: Arc<Executor>,
-    pub script_cache: ScriptCache,
+    /// API keys and scripts in memory; admin writes invalidate through `Caches::apply`.
+    pub caches: Caches,
     pub metrics: Metrics,
     pub config: Arc<AppConfig>,
     openapi_json: Arc<OnceLock<String>>,
@@ -117,21 +117,20 @@ pub fn build_app_with_caches(
     let state = AppState {
         apps: AppsService::new(pool.clone()),
         scripts: ScriptsService::new(pool.clone(), executor.clone()),
-        auth: auth::AuthCache::new(api_keys.clone()),
+        caches: Caches {
+            auth: auth::AuthCache::new(api_keys.clone()),
+            scripts: ScriptCache::default(),
+            executor: executor.clone(),
+        },
         api_keys,
         secrets,
         executor,
-        script_cache: ScriptCache::default(),
         metrics: Metrics::new(),
         config: Arc::new(config),
         openapi_json: Arc::default(),
         pool,
     };
-    let caches = Caches {
-        auth: state.auth.clone(),
-        scripts: state.script_cache.clone(),
-        executor: state.executor.clone(),
-    };
+    let caches = state.caches.clone();
     let (router, doc) = routes().split_for_parts();
     let doc_json = doc.to_json().unwrap_or_else(|_| "{}".into());
     let _ = state.openapi_json.set(doc_json);

@@ -1,5 +1,6 @@
 //! `/api/v1/admin/api-keys`: create (the key is shown once), list, delete. `admin` only.
 
+use crate::cache_sync::Invalidation;
 use crate::http::{
     auth::Principal,
     error::{ApiError, ErrorBody},
@@ -80,6 +81,6 @@ async fn delete_key(
 ) -> Result<StatusCode, ApiError> {
     principal.require(Capability::ApiKeysManage)?;
     st.api_keys.delete(ApiKeyId(id)).await?;
-    st.auth.forget(ApiKeyId(id));
+    st.caches.apply(&Invalidation::ApiKey { id: ApiKeyId(id) });
     Ok(StatusCode::NO_CONTENT)
 }

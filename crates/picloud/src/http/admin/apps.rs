@@ -1,5 +1,6 @@
 //! `/api/v1/admin/apps`: create, list, get, delete apps.
 
+use crate::cache_sync::Invalidation;
 use crate::http::{
     auth::Principal,
     error::{ApiError, ErrorBody},
@@ -71,11 +72,8 @@ async fn delete_app(
 ) -> Result<StatusCode, ApiError> {
     principal.require(Capability::AppsWrite)?;
     let app = AppId(app_id);
-    let scripts = st.scripts.list(app).await?;
     st.apps.delete(app).await?;
-    st.script_cache.remove_app(app);
-    for s in scripts {
-        st.executor.invalidate(s.script.id);
-    }
+    // Compiled scripts are dropped by their own (cascaded) delete notifications.
+    st.caches.apply(&Invalidation::App { app_id: app });
     Ok(StatusCode::NO_CONTENT)
 }

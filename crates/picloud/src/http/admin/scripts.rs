@@ -1,5 +1,6 @@
 //! `/api/v1/admin/apps/{app_id}/scripts`: save (compile-checked), list, get, update, delete.
 
+use crate::cache_sync::Invalidation;
 use crate::http::{
     auth::Principal,
     error::{ApiError, ErrorBody},
@@ -52,8 +53,12 @@ async fn create_script(
         .scripts
         .create(app, &body.name, &body.source, body.public.unwrap_or(false))
         .await?;
-    // A failed invoke of this name may have been answered before; nothing cached to drop.
-    st.script_cache.remove(app, &saved.script.name);
+    // Another process may have just deleted a script of this name that is still cached here.
+    st.caches.apply(&Invalidation::Script {
+        app_id: app,
+        id: saved.script.id,
+        names: vec![saved.script.name.clone()],
+    });
     Ok((StatusCode::CREATED, Json(saved.script)))
 }
 
@@ -108,9 +113,11 @@ async fn update_script(
             body.public,
         )
         .await?;
-    st.script_cache.remove(app, &old_name);
-    st.script_cache.remove(app, &saved.script.name);
-    st.executor.invalidate(saved.script.id);
+    st.caches.apply(&Invalidation::Script {
+        app_id: app,
+        id: saved.script.id,
+        names: vec![old_name, saved.script.name.clone()],
+    });
     Ok(Json(saved.script))
 }
 
@@ -125,7 +132,10 @@ async fn delete_script(
     principal.require(Capability::ScriptsWrite)?;
     let app = AppId(app_id);
     let deleted = st.scripts.delete(app, ScriptId(script_id)).await?;
-    st.script_cache.remove(app, &deleted.name);
-    st.executor.invalidate(deleted.id);
+    st.caches.apply(&Invalidation::Script {
+        app_id: app,
+        id: deleted.id,
+        names: vec![deleted.name],
+    });
     Ok(StatusCode::NO_CONTENT)
 }
