@@ -6,8 +6,9 @@
 
 use async_trait::async_trait;
 use picloud_shared::ids::AppId;
-use picloud_shared::kv::{KvPage, KvService, KV_LIST_MAX};
+use picloud_shared::kv::{page_limit, KvPage, KvService};
 use picloud_shared::names::{validate_dotted_name, validate_kv_key};
+use picloud_shared::values::capped_json;
 use picloud_shared::ServiceError;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -87,15 +88,7 @@ impl KvService for MemoryKv {
         self.pause().await;
         validate_dotted_name("collection", collection)?;
         validate_kv_key(key)?;
-        let size = serde_json::to_vec(&value)
-            .map_err(|_| ServiceError::InvalidArgument("value is not valid JSON".into()))?
-            .len();
-        if size > self.max_value_bytes {
-            return Err(ServiceError::TooLarge {
-                limit: self.max_value_bytes,
-                actual: size,
-            });
-        }
+        capped_json(&value, self.max_value_bytes)?;
         self.lock()
             .entry((app, collection.to_owned()))
             .or_default()
@@ -135,17 +128,7 @@ impl KvService for MemoryKv {
     ) -> Result<KvPage, ServiceError> {
         self.pause().await;
         validate_dotted_name("collection", collection)?;
-        if prefix.len() > 512 {
-            return Err(ServiceError::InvalidArgument(
-                "kv prefix must be at most 512 bytes".into(),
-            ));
-        }
-        if limit == 0 {
-            return Err(ServiceError::InvalidArgument(
-                "limit must be at least 1".into(),
-            ));
-        }
-        let limit = limit.min(KV_LIST_MAX);
+        let limit = page_limit(limit);
         let data = self.lock();
         let Some(keys) = data.get(&(app, collection.to_owned())) else {
             return Ok(KvPage {
@@ -269,15 +252,7 @@ impl picloud_shared::secrets::SecretsService for MemorySecrets {
         value: Value,
     ) -> Result<picloud_shared::secrets::SecretInfo, ServiceError> {
         validate_dotted_name("secret", name)?;
-        let size = serde_json::to_vec(&value)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
-        if size > self.max_value_bytes {
-            return Err(ServiceError::TooLarge {
-                limit: self.max_value_bytes,
-                actual: size,
-            });
-        }
+        capped_json(&value, self.max_value_bytes)?;
         let mut data = self.data.lock().unwrap_or_else(PoisonError::into_inner);
         data.insert((app, name.to_owned()), value);
         Ok(picloud_shared::secrets::SecretInfo {

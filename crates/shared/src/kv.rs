@@ -7,6 +7,11 @@ use serde_json::Value;
 /// Most keys one `list` call returns; `list_page` pages past it.
 pub const KV_LIST_MAX: usize = 1000;
 
+/// The page size a `list_page` call really uses: at least 1, at most [`KV_LIST_MAX`].
+pub fn page_limit(requested: usize) -> usize {
+    requested.clamp(1, KV_LIST_MAX)
+}
+
 /// One page of keys, in ascending byte order, and the cursor for the next page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvPage {

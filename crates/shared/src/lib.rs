@@ -14,5 +14,6 @@ pub mod kv;
 pub mod names;
 pub mod script;
 pub mod secrets;
+pub mod values;
 
 pub use error::ServiceError;

@@ -137,7 +137,8 @@ fn list_page(
             pos,
         ));
     }
-    let limit = usize::try_from(limit).map_or(KV_LIST_MAX, |l| l.min(KV_LIST_MAX));
+    // The service caps the page size (`kv::page_limit`).
+    let limit = usize::try_from(limit).unwrap_or(KV_LIST_MAX);
     let run = current_run(pos)?;
     let prefix = prefix.as_deref().unwrap_or("");
     let call = env

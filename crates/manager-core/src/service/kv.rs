@@ -4,8 +4,9 @@ use crate::{error::ManagerError, repo};
 use async_trait::async_trait;
 use picloud_shared::{
     ids::AppId,
-    kv::{KvPage, KvService, KV_LIST_MAX},
+    kv::{page_limit, KvPage, KvService},
     names::{validate_dotted_name, validate_kv_key},
+    values::capped_json,
     ServiceError,
 };
 use serde_json::Value;
@@ -50,15 +51,7 @@ impl KvService for KvServiceImpl {
     ) -> Result<(), ServiceError> {
         validate_dotted_name("collection", collection)?;
         validate_kv_key(key)?;
-        let size = serde_json::to_vec(&value)
-            .map_err(|_| ServiceError::InvalidArgument("value is not serialisable as JSON".into()))?
-            .len();
-        if size > self.max_value_bytes {
-            return Err(ServiceError::TooLarge {
-                limit: self.max_value_bytes,
-                actual: size,
-            });
-        }
+        capped_json(&value, self.max_value_bytes)?;
         repo::kv::upsert(&self.pool, app, collection, key, &value)
             .await
             .map_err(db_error)
@@ -95,7 +88,7 @@ impl KvService for KvServiceImpl {
         limit: usize,
     ) -> Result<KvPage, ServiceError> {
         validate_dotted_name("collection", collection)?;
-        let limit = limit.clamp(1, KV_LIST_MAX);
+        let limit = page_limit(limit);
         // One extra row tells whether another page exists.
         let mut keys =
             repo::kv::list_keys(&self.pool, app, collection, prefix, after, limit as i64 + 1)

@@ -15,12 +15,12 @@ use picloud_shared::{
     ids::AppId,
     names::validate_dotted_name,
     secrets::{SecretInfo, SecretsService},
+    values::capped_json,
     ServiceError,
 };
 use serde_json::Value;
 use sqlx::PgPool;
 use std::sync::Arc;
-use zeroize::Zeroizing;
 
 /// Secrets stored in the `secrets` table.
 #[derive(Clone)]
@@ -80,15 +80,7 @@ impl SecretsService for SecretsServiceImpl {
 
     async fn set(&self, app: AppId, name: &str, value: Value) -> Result<SecretInfo, ServiceError> {
         validate_dotted_name("secret", name)?;
-        let plaintext = Zeroizing::new(serde_json::to_vec(&value).map_err(|_| {
-            ServiceError::InvalidArgument("secret value is not serialisable as JSON".into())
-        })?);
-        if plaintext.len() > self.max_value_bytes {
-            return Err(ServiceError::TooLarge {
-                limit: self.max_value_bytes,
-                actual: plaintext.len(),
-            });
-        }
+        let plaintext = capped_json(&value, self.max_value_bytes)?;
         let sealed = self
             .keyring
             .seal(&plaintext, &Aad::Secret { app_id: app, name })
