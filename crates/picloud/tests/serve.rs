@@ -174,6 +174,30 @@ fn run(cmd: &mut Command) -> Output {
         .unwrap()
 }
 
+/// The admin key the first start wrote to `<data>/admin.key`.
+fn admin_key(data: &Path) -> String {
+    std::fs::read_to_string(data.join("admin.key"))
+        .unwrap()
+        .trim_end()
+        .to_owned()
+}
+
+/// Creates an app through the admin API and returns its id.
+fn create_app(port: u16, key: &str, name: &str) -> String {
+    let body = serde_json::json!({ "name": name }).to_string();
+    let (status, app) = http(port, "POST", "/api/v1/admin/apps", Some(key), Some(&body)).unwrap();
+    assert_eq!(status, 201, "{app}");
+    json(&app)["id"].as_str().unwrap().to_owned()
+}
+
+/// Saves a script through the admin API.
+fn create_script(port: u16, key: &str, app: &str, name: &str, source: &str) {
+    let body = serde_json::json!({ "name": name, "source": source }).to_string();
+    let path = format!("/api/v1/admin/apps/{app}/scripts");
+    let (status, out) = http(port, "POST", &path, Some(key), Some(&body)).unwrap();
+    assert_eq!(status, 201, "{out}");
+}
+
 #[test]
 fn serve_dev_tour_restart_lock_cli_and_signals() {
     let (_tmp, data) = data_dir();
@@ -351,20 +375,8 @@ fn secret_values_never_reach_logs_and_a_wrong_key_refuses_start() {
         "keys",
         &[("RUST_LOG", "debug"), ("PICLOUD_LOG_FORMAT", "json")],
     );
-    let key = std::fs::read_to_string(data.join("admin.key"))
-        .unwrap()
-        .trim_end()
-        .to_owned();
-    let (status, app) = http(
-        port,
-        "POST",
-        "/api/v1/admin/apps",
-        Some(&key),
-        Some(r#"{"name":"s"}"#),
-    )
-    .unwrap();
-    assert_eq!(status, 201);
-    let app = json(&app)["id"].as_str().unwrap().to_owned();
+    let key = admin_key(&data);
+    let app = create_app(port, &key, "s");
     let secrets = format!("/api/v1/admin/apps/{app}/secrets");
     // Set, overwrite, a too-large value and a bad name, all carrying markers.
     assert_eq!(
@@ -428,20 +440,7 @@ fn secret_values_never_reach_logs_and_a_wrong_key_refuses_start() {
         try { secrets::set("h", huge) } catch (x) { e3 = x }
         #{ len: v.nested.len(), err: e.kind, err2: e2.kind, err3: e3.kind }
     "#;
-    let script = serde_json::json!({"name": "use", "source": source}).to_string();
-    let script = script.as_str();
-    assert_eq!(
-        http(
-            port,
-            "POST",
-            &format!("/api/v1/admin/apps/{app}/scripts"),
-            Some(&key),
-            Some(script)
-        )
-        .unwrap()
-        .0,
-        201
-    );
+    create_script(port, &key, &app, "use", source);
     let (status, out) = http(
         port,
         "POST",
@@ -570,38 +569,19 @@ fn keys_rotate_beside_a_server_moves_every_secret_to_the_new_key() {
 
     // Secrets sealed under the dev key, and a script that reads them all.
     let server = Server::start(&data, port, "old", &[]);
-    let key = std::fs::read_to_string(data.join("admin.key"))
-        .unwrap()
-        .trim_end()
-        .to_owned();
-    let (status, app) = http(
-        port,
-        "POST",
-        "/api/v1/admin/apps",
-        Some(&key),
-        Some(r#"{"name":"rot"}"#),
-    )
-    .unwrap();
-    assert_eq!(status, 201, "{app}");
-    let app = json(&app)["id"].as_str().unwrap().to_owned();
+    let key = admin_key(&data);
+    let app = create_app(port, &key, "rot");
     let names = ["alpha", "beta", "gamma", "delta", "epsilon"];
     for name in names {
         set_secret(port, &key, &app, name, &format!("value-of-{name}"));
     }
-    let script = serde_json::json!({
-        "name": "read",
-        "source": "let out = #{}; for n in secrets::list() { out[n] = secrets::get(n); } out",
-    })
-    .to_string();
-    let (status, body) = http(
+    create_script(
         port,
-        "POST",
-        &format!("/api/v1/admin/apps/{app}/scripts"),
-        Some(&key),
-        Some(&script),
-    )
-    .unwrap();
-    assert_eq!(status, 201, "{body}");
+        &key,
+        &app,
+        "read",
+        "let out = #{}; for n in secrets::list() { out[n] = secrets::get(n); } out",
+    );
     let expected: serde_json::Value = names
         .iter()
         .map(|n| (n.to_string(), serde_json::json!(format!("value-of-{n}"))))
@@ -683,32 +663,16 @@ fn sigterm_lets_an_in_flight_invoke_finish_then_exits_0() {
         "inflight",
         &[("PICLOUD_SCRIPT_MAX_OPERATIONS", "1000000000000")],
     );
-    let key = std::fs::read_to_string(data.join("admin.key"))
-        .unwrap()
-        .trim_end()
-        .to_owned();
-    let (status, app) = http(
+    let key = admin_key(&data);
+    let app = create_app(port, &key, "slow");
+    create_script(
         port,
-        "POST",
-        "/api/v1/admin/apps",
-        Some(&key),
-        Some(r#"{"name":"slow"}"#),
-    )
-    .unwrap();
-    assert_eq!(status, 201, "{app}");
-    let app = json(&app)["id"].as_str().unwrap().to_owned();
-    let scripts = format!("/api/v1/admin/apps/{app}/scripts");
-    for (name, source) in [
-        (
-            "slow",
-            r#"kv::set("m", "slow", true); let t = timestamp(); while t.elapsed < 3.0 {} "finished""#,
-        ),
-        ("peek", r#"kv::get("m", "slow")"#),
-    ] {
-        let body = serde_json::json!({"name": name, "source": source}).to_string();
-        let (status, out) = http(port, "POST", &scripts, Some(&key), Some(&body)).unwrap();
-        assert_eq!(status, 201, "{out}");
-    }
+        &key,
+        &app,
+        "slow",
+        r#"kv::set("m", "slow", true); let t = timestamp(); while t.elapsed < 3.0 {} "finished""#,
+    );
+    create_script(port, &key, &app, "peek", r#"kv::get("m", "slow")"#);
 
     let in_flight = {
         let key = key.clone();
