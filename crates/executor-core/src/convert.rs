@@ -7,6 +7,11 @@
 //! → `FLOAT`. Rhai → JSON: `()` → `null`, `INT`/`FLOAT` → numbers (NaN and
 //! infinities refused), chars → strings, BLOBs → arrays of bytes; function
 //! pointers, timestamps and custom types are refused.
+//!
+//! Rhai → JSON runs under a byte budget (roughly the serialised size) and
+//! stops as soon as it is passed: a map holding one shared 1 MiB string under
+//! thousands of keys is small inside Rhai but huge as JSON, and must not be
+//! built whole to find that out.
 
 use rhai::{Array, Dynamic, Map};
 use serde_json::{Map as JsonMap, Number, Value};
@@ -18,6 +23,8 @@ pub(crate) const MAX_JSON_DEPTH: usize = 128;
 /// Why a Rhai value has no JSON form, and where in the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NotJson {
+    /// The budget that was passed, when that is the reason.
+    too_large: Option<usize>,
     reason: String,
     /// Path segments, innermost first (pushed while unwinding).
     path: Vec<String>,
@@ -26,6 +33,7 @@ pub(crate) struct NotJson {
 impl NotJson {
     fn new(reason: String) -> Self {
         Self {
+            too_large: None,
             reason,
             path: Vec::new(),
         }
@@ -38,6 +46,11 @@ impl NotJson {
 }
 
 impl NotJson {
+    /// The byte budget the value's JSON passed, when that is why it has none.
+    pub(crate) fn too_large(&self) -> Option<usize> {
+        self.too_large
+    }
+
     /// The reason, starting from `root`: "value[1].f is a function pointer, ...".
     pub(crate) fn describe(&self, root: &str) -> String {
         let mut out = String::from(root);
@@ -72,15 +85,46 @@ pub(crate) fn json_to_dynamic(value: Value) -> Dynamic {
     }
 }
 
-/// Converts a Rhai value into JSON, or says why it has none.
-pub(crate) fn dynamic_to_json(value: &Dynamic) -> Result<Value, NotJson> {
-    to_json(value, 0)
+/// Converts a Rhai value into JSON of at most about `budget` bytes, or says
+/// why it has none.
+pub(crate) fn dynamic_to_json(value: &Dynamic, budget: usize) -> Result<Value, NotJson> {
+    let mut left = budget;
+    to_json(value, 0, &mut left).map_err(|mut err| {
+        if err.too_large.is_some() {
+            err.too_large = Some(budget);
+        }
+        err
+    })
 }
 
-fn to_json(value: &Dynamic, depth: usize) -> Result<Value, NotJson> {
-    if value.is_shared() {
-        return to_json(&value.flatten_clone(), depth);
+/// Takes `bytes` from the budget, or fails once it is spent.
+fn spend(left: &mut usize, bytes: usize) -> Result<(), NotJson> {
+    match left.checked_sub(bytes) {
+        Some(rest) => {
+            *left = rest;
+            Ok(())
+        }
+        None => Err(NotJson {
+            too_large: Some(0),
+            reason: "is larger than the byte limit for script values".into(),
+            path: Vec::new(),
+        }),
     }
+}
+
+/// Bytes charged for each non-string value (a number, a keyword, brackets):
+/// about its text, so the budget tracks the serialised size.
+const SCALAR_BYTES: usize = 8;
+
+fn to_json(value: &Dynamic, depth: usize, left: &mut usize) -> Result<Value, NotJson> {
+    if value.is_shared() {
+        return to_json(&value.flatten_clone(), depth, left);
+    }
+    if let Ok(s) = value.as_immutable_string_ref() {
+        spend(left, s.len() + 2)?;
+        return Ok(Value::String(s.as_str().to_owned()));
+    }
+    spend(left, SCALAR_BYTES)?;
     if value.is_unit() {
         return Ok(Value::Null);
     }
@@ -98,9 +142,6 @@ fn to_json(value: &Dynamic, depth: usize) -> Result<Value, NotJson> {
     if let Ok(c) = value.as_char() {
         return Ok(Value::String(c.to_string()));
     }
-    if let Ok(s) = value.as_immutable_string_ref() {
-        return Ok(Value::String(s.as_str().to_owned()));
-    }
     if depth >= MAX_JSON_DEPTH {
         return Err(NotJson::new(format!(
             "nests deeper than {MAX_JSON_DEPTH} levels"
@@ -110,19 +151,21 @@ fn to_json(value: &Dynamic, depth: usize) -> Result<Value, NotJson> {
         return items
             .iter()
             .enumerate()
-            .map(|(i, item)| to_json(item, depth + 1).map_err(|e| e.within(format!("[{i}]"))))
+            .map(|(i, item)| to_json(item, depth + 1, left).map_err(|e| e.within(format!("[{i}]"))))
             .collect::<Result<Vec<_>, _>>()
             .map(Value::Array);
     }
     if let Ok(map) = value.as_map_ref() {
         let mut out = JsonMap::with_capacity(map.len());
         for (key, item) in map.iter() {
-            let json = to_json(item, depth + 1).map_err(|e| e.within(key_segment(key)))?;
+            spend(left, key.len() + 4)?;
+            let json = to_json(item, depth + 1, left).map_err(|e| e.within(key_segment(key)))?;
             out.insert(key.to_string(), json);
         }
         return Ok(Value::Object(out));
     }
     if let Ok(blob) = value.as_blob_ref() {
+        spend(left, blob.len() * 4)?;
         return Ok(Value::Array(
             blob.iter().map(|b| Value::Number((*b).into())).collect(),
         ));
@@ -160,7 +203,7 @@ mod tests {
             "n": 1, "neg": -7, "f": 1.5, "big": 18446744073709551615u64, "s": "ü",
             "t": true, "z": null, "a": [1, [2, {"b": []}]], "o": {}
         });
-        let back = dynamic_to_json(&json_to_dynamic(value.clone())).unwrap();
+        let back = dynamic_to_json(&json_to_dynamic(value.clone()), 1 << 20).unwrap();
         assert_eq!(back["big"], json!(18446744073709551615f64));
         let mut expected = value;
         expected["big"] = json!(18446744073709551615f64);
@@ -172,7 +215,7 @@ mod tests {
         let mut inner = Map::new();
         inner.insert("f".into(), Dynamic::from_float(f64::NAN));
         let value = Dynamic::from_array(vec![Dynamic::from_int(1), Dynamic::from_map(inner)]);
-        let err = dynamic_to_json(&value).unwrap_err();
+        let err = dynamic_to_json(&value, 1 << 20).unwrap_err();
         assert_eq!(
             err.describe("value"),
             "value[1].f is the float NaN, which JSON cannot represent"
@@ -182,11 +225,11 @@ mod tests {
     #[test]
     fn chars_and_blobs_convert() {
         assert_eq!(
-            dynamic_to_json(&Dynamic::from_char('x')).unwrap(),
+            dynamic_to_json(&Dynamic::from_char('x'), 100).unwrap(),
             json!("x")
         );
         assert_eq!(
-            dynamic_to_json(&Dynamic::from_blob(vec![1, 255])).unwrap(),
+            dynamic_to_json(&Dynamic::from_blob(vec![1, 255]), 100).unwrap(),
             json!([1, 255])
         );
     }
@@ -197,7 +240,18 @@ mod tests {
         for _ in 0..=MAX_JSON_DEPTH {
             value = Dynamic::from_array(vec![value]);
         }
-        let err = dynamic_to_json(&value).unwrap_err();
+        let err = dynamic_to_json(&value, 1 << 20).unwrap_err();
         assert!(err.describe("v").contains("nests deeper than 128 levels"));
+    }
+
+    #[test]
+    fn a_shared_string_under_many_keys_stops_at_the_budget() {
+        let big: rhai::ImmutableString = "x".repeat(1 << 20).into();
+        let map: Map = (0..3000)
+            .map(|i| (format!("k{i}").into(), Dynamic::from(big.clone())))
+            .collect();
+        let err = dynamic_to_json(&Dynamic::from_map(map), 8 << 20).unwrap_err();
+        assert_eq!(err.too_large(), Some(8 << 20));
+        assert!(dynamic_to_json(&Dynamic::from(big), 2 << 20).is_ok());
     }
 }

@@ -5,10 +5,11 @@
 //! position; Rhai's multi-line call traces and Rust debug output never reach
 //! a caller.
 
-use crate::sandbox::MEMORY_TOKEN;
+use crate::render::render;
+use crate::sandbox::{COMPILE_TIMEOUT_MARK, MEMORY_TOKEN, STRING_TOKEN};
 use crate::SandboxLimits;
 use picloud_shared::script::CompileError;
-use rhai::{Dynamic, EvalAltResult, ParseError, Position};
+use rhai::{Dynamic, EvalAltResult, LexError, ParseError, ParseErrorType, Position};
 
 /// Longest message a [`RunError`] carries, in characters; longer ones are cut.
 const MAX_MESSAGE_CHARS: usize = 1000;
@@ -26,7 +27,8 @@ pub enum RunError {
     #[error("{message}")]
     Limit {
         /// The limit that was hit: `max_operations`, `timeout`, `max_call_depth`,
-        /// `max_string_bytes`, `max_array_items`, `max_map_items` or `max_memory_bytes`.
+        /// `max_string_bytes`, `max_array_items`, `max_map_items`, `max_memory_bytes`,
+        /// `max_value_bytes`, `max_source_bytes` or `compile_timeout`.
         limit: &'static str,
         /// One line naming the limit and its configured value.
         message: String,
@@ -54,6 +56,19 @@ impl RunError {
         match self {
             RunError::Script { .. } => None,
             RunError::Limit { limit, .. } => Some(limit),
+        }
+    }
+
+    /// The same error with every value of `revealed` replaced (see `run_state::scrub`).
+    pub(crate) fn scrubbed(self, revealed: &[String]) -> Self {
+        if revealed.is_empty() {
+            return self;
+        }
+        match self {
+            RunError::Script { message } => RunError::Script {
+                message: crate::run_state::scrub_with(revealed, message),
+            },
+            limit @ RunError::Limit { .. } => limit,
         }
     }
 
@@ -91,6 +106,20 @@ impl RunError {
                     "max_memory_bytes",
                     format!(
                         "script exceeded the memory limit of {max_memory_bytes} bytes{}",
+                        at(pos)
+                    ),
+                )
+            }
+            EvalAltResult::ErrorTerminated(token, _)
+                if token
+                    .as_immutable_string_ref()
+                    .is_ok_and(|t| t.as_str() == STRING_TOKEN) =>
+            {
+                limit(
+                    "max_string_bytes",
+                    format!(
+                        "a string exceeded the limit of {} bytes{}",
+                        limits.max_string_bytes,
                         at(pos)
                     ),
                 )
@@ -144,6 +173,9 @@ impl RunError {
             EvalAltResult::ErrorRuntime(value, _) => {
                 RunError::script_at(thrown_message(value), pos)
             }
+            EvalAltResult::ErrorParsing(parse, _) if is_compile_timeout(parse) => {
+                compile_timeout(limits)
+            }
             EvalAltResult::ErrorParsing(parse, _) => {
                 RunError::script_at(format!("syntax error: {parse}"), pos)
             }
@@ -165,18 +197,42 @@ fn innermost(err: EvalAltResult) -> EvalAltResult {
     }
 }
 
+/// True when the compile was stopped at its deadline (see `sandbox`).
+fn is_compile_timeout(err: &ParseErrorType) -> bool {
+    matches!(err, ParseErrorType::BadInput(LexError::Runtime(m)) if m == COMPILE_TIMEOUT_MARK)
+}
+
+fn compile_timeout(limits: &SandboxLimits) -> RunError {
+    RunError::Limit {
+        limit: "compile_timeout",
+        message: format!(
+            "compiling the script took longer than {} ms",
+            limits.compile_timeout.as_millis()
+        ),
+    }
+}
+
 /// A compile failure as the shared [`CompileError`], position included.
-pub(crate) fn compile_error(err: &ParseError) -> CompileError {
+pub(crate) fn compile_error(err: &ParseError, limits: &SandboxLimits) -> CompileError {
     let pos = err.position();
+    let message = if is_compile_timeout(err.err_type()) {
+        compile_timeout(limits).message().to_owned()
+    } else {
+        one_line(err.err_type().to_string())
+    };
     CompileError {
-        message: one_line(err.err_type().to_string()),
+        message,
         line: pos.line().unwrap_or(0),
         column: pos.position().unwrap_or(0),
     }
 }
 
-/// A compile failure met while running: a script error with the position in its message.
-pub(crate) fn compile_run_error(err: &ParseError) -> RunError {
+/// A compile failure met while running: a script error with the position in
+/// its message, or the compile time limit.
+pub(crate) fn compile_run_error(err: &ParseError, limits: &SandboxLimits) -> RunError {
+    if is_compile_timeout(err.err_type()) {
+        return compile_timeout(limits);
+    }
     RunError::script_at(format!("syntax error: {}", err.err_type()), err.position())
 }
 
@@ -193,13 +249,16 @@ fn at(pos: Position) -> String {
 fn thrown_message(value: &Dynamic) -> String {
     if let Ok(map) = value.as_map_ref() {
         if let (Some(kind), Some(message)) = (map.get("kind"), map.get("message")) {
+            let kind = render(kind, MAX_MESSAGE_CHARS).text;
+            let message = render(message, MAX_MESSAGE_CHARS * 4).text;
             return format!("{kind}: {message}");
         }
     }
     if value.is_unit() {
         return "script threw ()".to_string();
     }
-    value.to_string()
+    // A thrown value can be a huge (or hugely shared) container: write only what is kept.
+    render(value, MAX_MESSAGE_CHARS * 4).text
 }
 
 /// Control characters become spaces and the text is cut to [`MAX_MESSAGE_CHARS`].

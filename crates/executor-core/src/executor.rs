@@ -1,6 +1,13 @@
 //! [`Executor`]: compiles scripts (with an AST cache keyed by script id and
-//! version), builds each run's `ctx`, runs the script in the sandbox and
-//! turns the outcome into JSON or a [`RunError`].
+//! version, bounded by memory), builds each run's `ctx`, runs the script in
+//! the sandbox and turns the outcome into JSON or a [`RunError`].
+//!
+//! Compiling is bounded twice: sources above `max_source_bytes` are refused
+//! before the parser sees them, and the parser stops at `compile_timeout`
+//! (the watchdog flag, checked at every token). The cache charges each AST
+//! the bytes its compile kept allocated (measured by the counting allocator;
+//! 16 bytes per source byte when it is not installed) and evicts the least
+//! recently used entries past its capacity.
 
 use crate::convert::{dynamic_to_json, json_to_dynamic};
 use crate::error::{compile_error, compile_run_error, RunError};
@@ -8,16 +15,23 @@ use crate::memory;
 use crate::run_state::{self, RunState};
 use crate::sandbox;
 use crate::sdk::SdkEnv;
+use crate::watchdog;
 use crate::SandboxLimits;
 use picloud_shared::ids::{AppId, ScriptId};
-use picloud_shared::script::{CompileError, ScriptCompiler};
-use picloud_shared::{kv::KvService, secrets::SecretsService};
+use picloud_shared::script::CheckError;
+use picloud_shared::{kv::KvService, secrets::SecretsService, ServiceError};
 use rhai::{Dynamic, Engine, Map, Scope, AST};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
+
+/// Default capacity of the AST cache, in (measured) bytes.
+pub const DEFAULT_AST_CACHE_BYTES: usize = 128 * 1024 * 1024;
+
+/// Bytes charged per source byte when allocations cannot be measured.
+const AST_BYTES_PER_SOURCE_BYTE: usize = 16;
 
 /// The services the SDK modules call; one per executor, shared by every run.
 #[derive(Clone)]
@@ -70,6 +84,15 @@ const HIDDEN_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "cook
 struct CachedAst {
     version: i64,
     ast: Arc<AST>,
+    bytes: usize,
+    last_used: AtomicU64,
+}
+
+/// Compiled ASTs by script, bounded by their measured size.
+#[derive(Default)]
+struct AstCache {
+    entries: HashMap<ScriptId, CachedAst>,
+    bytes: usize,
 }
 
 /// Runs scripts in the sandbox; `Send + Sync`, meant to be shared in an `Arc`
@@ -78,7 +101,10 @@ pub struct Executor {
     engine: Engine,
     limits: SandboxLimits,
     max_memory_bytes: usize,
-    cache: RwLock<HashMap<ScriptId, CachedAst>>,
+    cache: RwLock<AstCache>,
+    cache_capacity: usize,
+    /// A logical clock for least-recently-used eviction.
+    uses: AtomicU64,
     compiles: AtomicU64,
 }
 
@@ -96,12 +122,15 @@ impl Executor {
             services,
             runtime,
             sdk_timeout: limits.sdk_timeout,
+            max_value_bytes: limits.max_value_bytes,
         });
         Self {
             engine: sandbox::build_engine(&limits, env),
             limits,
             max_memory_bytes: memory::DEFAULT_MAX_MEMORY_BYTES,
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(AstCache::default()),
+            cache_capacity: DEFAULT_AST_CACHE_BYTES,
+            uses: AtomicU64::new(0),
             compiles: AtomicU64::new(0),
         }
     }
@@ -116,54 +145,117 @@ impl Executor {
         script: &ScriptHandle,
         ctx: RunContext,
     ) -> Result<serde_json::Value, RunError> {
-        let ast = self.ast_for(script)?;
+        let deadline = Instant::now().checked_add(self.limits.timeout);
+        let ast = {
+            let _deadline = watchdog::arm(deadline);
+            self.ast_for(script)?
+        };
         let state = RunState {
             app_id: ctx.app_id,
             script_name: script.name.clone(),
             trigger: ctx.trigger,
-            deadline: Instant::now().checked_add(self.limits.timeout),
+            deadline,
+            revealed: Vec::new(),
         };
         let ctx_app = ctx.app_id;
         let mut scope = Scope::new();
         scope.push("ctx", build_ctx(script, ctx));
 
         let guard = run_state::enter(state);
+        let armed = watchdog::arm(deadline);
         let memory_guard = memory::start_run(self.max_memory_bytes);
         // A panic inside Rhai is a bug of the engine, not of the caller: report
         // it as a failed run. The engine is only read during a run, so it stays sound.
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
             self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
         }));
-        drop(memory_guard);
-        drop(guard);
-
-        let Ok(outcome) = outcome else {
-            tracing::error!(
-                app_id = %ctx_app,
-                script = %script.name,
-                "the script engine panicked"
-            );
-            return Err(RunError::script_at(
-                "the script engine failed unexpectedly".into(),
-                rhai::Position::NONE,
-            ));
-        };
-        match outcome {
-            Ok(value) => dynamic_to_json(&value).map_err(|err| {
-                RunError::script_at(
-                    format!(
-                        "cannot convert the result to JSON: {}",
-                        err.describe("result")
-                    ),
+        // A built-in that swallowed the deadline's error (or the last
+        // operation before it) must not turn an overrun into a success.
+        let timed_out = watchdog::expired();
+        let result = match outcome {
+            Ok(Ok(_)) if timed_out => Err(RunError::from_eval(
+                rhai::EvalAltResult::ErrorTerminated(
+                    sandbox::TIMEOUT_TOKEN.into(),
                     rhai::Position::NONE,
-                )
+                ),
+                &self.limits,
+                self.max_memory_bytes,
+            )),
+            Ok(Ok(value)) => dynamic_to_json(&value, self.limits.max_value_bytes).map_err(|err| {
+                match err.too_large() {
+                    Some(limit) => RunError::Limit {
+                        limit: "max_value_bytes",
+                        message: format!(
+                            "the result is larger than the limit of {limit} bytes for script values"
+                        ),
+                    },
+                    None => RunError::script_at(
+                        format!(
+                            "cannot convert the result to JSON: {}",
+                            err.describe("result")
+                        ),
+                        rhai::Position::NONE,
+                    ),
+                }
             }),
-            Err(err) => Err(RunError::from_eval(
+            Ok(Err(err)) => Err(RunError::from_eval(
                 *err,
                 &self.limits,
                 self.max_memory_bytes,
             )),
+            Err(_) => {
+                tracing::error!(
+                    app_id = %ctx_app,
+                    script = %script.name,
+                    "the script engine panicked"
+                );
+                Err(RunError::script_at(
+                    "the script engine failed unexpectedly".into(),
+                    rhai::Position::NONE,
+                ))
+            }
+        };
+        // Dropped while the budget still applies: freeing a huge result is the run's own work.
+        drop(scope);
+        drop(memory_guard);
+        drop(armed);
+        let revealed = run_state::with_current(|run| run.revealed.clone()).unwrap_or_default();
+        drop(guard);
+        result.map_err(|err| err.scrubbed(&revealed))
+    }
+
+    /// Compiles `source` without running it, under the source size limit and
+    /// the compile time bound; meant to run on the script pool.
+    pub fn check(&self, source: &str) -> Result<(), CheckError> {
+        self.check_source_size(source.len())?;
+        let _deadline = watchdog::arm(Instant::now().checked_add(self.limits.compile_timeout));
+        self.engine
+            .compile(source)
+            .map(drop)
+            .map_err(|err| CheckError::Compile(compile_error(&err, &self.limits)))
+    }
+
+    /// Refuses a source above `max_source_bytes` before anything reads it.
+    pub fn check_source_size(&self, bytes: usize) -> Result<(), CheckError> {
+        if bytes > self.limits.max_source_bytes {
+            return Err(CheckError::Refused(ServiceError::TooLarge {
+                limit: self.limits.max_source_bytes,
+                actual: bytes,
+            }));
         }
+        Ok(())
+    }
+
+    /// Sets the capacity of the AST cache in bytes.
+    pub fn with_ast_cache_bytes(mut self, bytes: usize) -> Self {
+        self.cache_capacity = bytes;
+        self
+    }
+
+    /// Cached ASTs and the bytes charged for them; for tests and metrics.
+    pub fn ast_cache_usage(&self) -> (usize, usize) {
+        let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
+        (cache.entries.len(), cache.bytes)
     }
 
     /// Sets the memory budget of one run in bytes (0: unlimited); enforced only
@@ -180,10 +272,10 @@ impl Executor {
 
     /// Drops the cached AST of script `id` (after an update or a delete).
     pub fn invalidate(&self, id: ScriptId) {
-        self.cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = cache.entries.remove(&id) {
+            cache.bytes -= old.bytes;
+        }
     }
 
     /// The limits every run is held to.
@@ -197,46 +289,85 @@ impl Executor {
         self.compiles.load(Ordering::Relaxed)
     }
 
-    /// The cached AST of this version, or a fresh compile that then replaces
-    /// any older version of the same script.
+    /// The cached AST of this version, or a fresh compile (under the armed
+    /// compile deadline) that then replaces any older version of the script.
     fn ast_for(&self, script: &ScriptHandle) -> Result<Arc<AST>, RunError> {
+        let tick = self.uses.fetch_add(1, Ordering::Relaxed);
         {
             let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(cached) = cache.get(&script.id) {
+            if let Some(cached) = cache.entries.get(&script.id) {
                 if cached.version == script.version {
+                    cached.last_used.store(tick, Ordering::Relaxed);
                     return Ok(cached.ast.clone());
                 }
             }
         }
-        self.compiles.fetch_add(1, Ordering::Relaxed);
-        let ast = Arc::new(
-            self.engine
-                .compile(&*script.source)
-                .map_err(|err| compile_run_error(&err))?,
-        );
-        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
-        let newer_cached = cache
-            .get(&script.id)
-            .is_some_and(|cached| cached.version > script.version);
-        if !newer_cached {
-            cache.insert(
-                script.id,
-                CachedAst {
-                    version: script.version,
-                    ast: ast.clone(),
-                },
-            );
+        if script.source.len() > self.limits.max_source_bytes {
+            return Err(RunError::Limit {
+                limit: "max_source_bytes",
+                message: format!(
+                    "the script is {} bytes, above the source limit of {} bytes",
+                    script.source.len(),
+                    self.limits.max_source_bytes
+                ),
+            });
         }
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        let _deadline = watchdog::arm(Instant::now().checked_add(self.limits.compile_timeout));
+        let before = memory::allocated_on_this_thread();
+        let ast = self
+            .engine
+            .compile(&*script.source)
+            .map_err(|err| compile_run_error(&err, &self.limits))?;
+        let measured = memory::allocated_on_this_thread().wrapping_sub(before);
+        let bytes = if memory::is_installed() && measured < isize::MAX as usize {
+            measured.max(script.source.len())
+        } else {
+            script
+                .source
+                .len()
+                .saturating_mul(AST_BYTES_PER_SOURCE_BYTE)
+        };
+        let ast = Arc::new(ast);
+        self.insert(script, ast.clone(), bytes, tick);
         Ok(ast)
     }
-}
 
-impl ScriptCompiler for Executor {
-    fn check(&self, source: &str) -> Result<(), CompileError> {
-        self.engine
-            .compile(source)
-            .map(drop)
-            .map_err(|err| compile_error(&err))
+    fn insert(&self, script: &ScriptHandle, ast: Arc<AST>, bytes: usize, tick: u64) {
+        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+        let newer_cached = cache
+            .entries
+            .get(&script.id)
+            .is_some_and(|cached| cached.version > script.version);
+        if newer_cached || bytes > self.cache_capacity {
+            return;
+        }
+        if let Some(old) = cache.entries.remove(&script.id) {
+            cache.bytes -= old.bytes;
+        }
+        while cache.bytes + bytes > self.cache_capacity {
+            let Some(oldest) = cache
+                .entries
+                .iter()
+                .min_by_key(|(_, entry)| entry.last_used.load(Ordering::Relaxed))
+                .map(|(id, _)| *id)
+            else {
+                break;
+            };
+            if let Some(evicted) = cache.entries.remove(&oldest) {
+                cache.bytes -= evicted.bytes;
+            }
+        }
+        cache.bytes += bytes;
+        cache.entries.insert(
+            script.id,
+            CachedAst {
+                version: script.version,
+                ast,
+                bytes,
+                last_used: AtomicU64::new(tick),
+            },
+        );
     }
 }
 

@@ -27,41 +27,69 @@
 //!
 //! # Threads
 //!
-//! [`Executor::run`] is synchronous. Callers run it on a blocking thread
-//! (`tokio::task::spawn_blocking`); SDK calls drive their async service call
-//! with `Handle::block_on` on that thread, so runtime workers never block.
-//! The tokio runtime needs its time driver (`enable_all`). Install
-//! [`memory::CountingAllocator`] as the binary's global allocator so the
-//! per-run memory budget is enforced (see [`memory`] for why). Build the
-//! runtime with `thread_stack_size(`[`SCRIPT_THREAD_STACK_BYTES`]`)`: Rhai
-//! clones, checks and drops nested values recursively, so a script that
-//! nests arrays thousands deep (`loop { a = [a]; }`, allowed by the item
-//! limits) overflows tokio's default 2 MiB stack and aborts the process.
+//! [`Executor::run`] is synchronous. Callers run it on the [`ScriptPool`]
+//! (bounded, fair, threads with [`script_stack_bytes`] of stack); SDK
+//! calls drive their async service call with `Handle::block_on` on that
+//! thread, so runtime workers never block. The tokio runtime needs its time
+//! driver (`enable_all`). Install [`memory::CountingAllocator`] as the
+//! binary's global allocator so the per-run memory budget is enforced (see
+//! [`memory`] for why). Script saves compile on the pool too
+//! ([`PooledCompiler`]).
 
 #![warn(missing_docs)]
 
+mod builtins;
+mod compiler;
 mod convert;
 mod error;
 mod executor;
 mod limits;
 pub mod memory;
+pub mod pool;
+mod render;
 mod run_state;
 mod sandbox;
 mod sdk;
 pub mod testing;
+mod watchdog;
 
+pub use compiler::PooledCompiler;
 pub use error::RunError;
-pub use executor::{Executor, RequestInfo, RunContext, ScriptHandle, Services};
+pub use executor::{
+    Executor, RequestInfo, RunContext, ScriptHandle, Services, DEFAULT_AST_CACHE_BYTES,
+};
 pub use limits::SandboxLimits;
+pub use pool::{Admission, PoolConfig, PoolError, PoolStats, ScriptPool};
 
-/// Stack size for the threads that run scripts (tokio's `thread_stack_size`).
+/// Stack bytes a script thread needs per byte of its memory budget.
 ///
-/// Nesting depth is bounded only by the item limits (100,000 each for arrays
-/// and maps) and by the run's time, and Rhai recurses once per level when it
-/// clones, size-checks or drops a value: a debug build overflowed a 2 MiB
-/// stack below 4,000 levels. 64 MiB is reserved, not committed: its pages are
-/// touched only by scripts that nest deeply.
-pub const SCRIPT_THREAD_STACK_BYTES: usize = 64 * 1024 * 1024;
+/// Rhai clones, size-checks, compares and drops nested values recursively,
+/// and a chain of closures that each capture the previous one (`f = || g.call()`)
+/// nests without any item limit: only the memory budget bounds its depth.
+/// Measured on a debug build (2026-12-01): such a chain costs about 100 heap
+/// bytes and 500–600 stack bytes per level when it is dropped, a ratio near 5;
+/// release builds use less stack per level. 8 leaves room.
+pub const STACK_BYTES_PER_BUDGET_BYTE: usize = 8;
+
+/// Stack bytes a script thread needs per nesting level of arrays and maps.
+///
+/// Measured on a debug build (2026-12-01): `a = [a]` needs about 1.6 KiB and
+/// `a = #{x: a}` about 2 KiB per level; their depth is bounded by the item
+/// limits (nested items count).
+pub const STACK_BYTES_PER_ITEM: usize = 4 * 1024;
+
+/// The stack a script thread needs so that no value the limits allow can
+/// overflow it: the larger of what the memory budget and the item limits permit.
+/// Reserved, not committed: pages are touched only by scripts that nest deeply.
+pub fn script_stack_bytes(limits: &SandboxLimits, max_memory_bytes: usize) -> usize {
+    let by_memory = max_memory_bytes.saturating_mul(STACK_BYTES_PER_BUDGET_BYTE);
+    let by_items = (limits.max_array_items.saturating_add(limits.max_map_items))
+        .saturating_mul(STACK_BYTES_PER_ITEM);
+    by_memory.max(by_items).max(MIN_SCRIPT_STACK_BYTES)
+}
+
+/// The smallest script thread stack, whatever the limits.
+const MIN_SCRIPT_STACK_BYTES: usize = 8 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests;

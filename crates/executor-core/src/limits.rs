@@ -22,6 +22,13 @@ pub struct SandboxLimits {
     pub max_map_items: usize,
     /// Longest one SDK call may take before it fails with `unavailable`.
     pub sdk_timeout: Duration,
+    /// Largest text or JSON a script value may turn into: the run's result, an
+    /// SDK argument, a thrown value. Conversions stop as soon as they pass it.
+    pub max_value_bytes: usize,
+    /// Largest script source that is compiled, in bytes.
+    pub max_source_bytes: usize,
+    /// Longest compiling one script may take.
+    pub compile_timeout: Duration,
 }
 
 impl Default for SandboxLimits {
@@ -34,6 +41,9 @@ impl Default for SandboxLimits {
             max_array_items: 100_000,
             max_map_items: 100_000,
             sdk_timeout: Duration::from_secs(5),
+            max_value_bytes: 16 * 1024 * 1024,
+            max_source_bytes: 512 * 1024,
+            compile_timeout: Duration::from_secs(5),
         }
     }
 }

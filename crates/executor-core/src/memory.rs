@@ -108,6 +108,12 @@ pub fn is_installed() -> bool {
     before != after
 }
 
+/// Net bytes this thread has allocated so far (wrapping); the difference of
+/// two readings is what the code between them kept.
+pub(crate) fn allocated_on_this_thread() -> usize {
+    ACCOUNTING.try_with(|a| a.allocated.get()).unwrap_or(0)
+}
+
 /// Starts counting a run on this thread against `budget` bytes (0: unlimited)
 /// until the guard drops.
 pub(crate) fn start_run(budget: usize) -> RunMemoryGuard {

@@ -6,10 +6,22 @@
 //! [`enter`] and removed when the returned guard drops, even on panic.
 //! `on_progress` only sees an operation count, and SDK functions are shared
 //! by every run, so this is how both learn whose run they serve.
+//!
+//! It also holds what the run revealed through `secrets::get`, so that every
+//! message the run produces (errors, log lines) can be scrubbed of those
+//! values ([`scrub`]), and a limit a native function hit without failing
+//! (text output cut at its budget) for `on_progress` to end the run with.
 
 use picloud_shared::ids::AppId;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::Instant;
+
+/// Secret values shorter than this are not scrubbed: replacing every "1" or
+/// "ok" in a message would garble it while hiding nothing worth hiding.
+pub(crate) const MIN_SCRUBBED_CHARS: usize = 4;
+
+/// What a scrubbed secret value is replaced with.
+pub(crate) const REDACTED: &str = "[redacted]";
 
 /// What the sandbox and the SDK know about the run in progress.
 #[derive(Debug, Clone)]
@@ -19,10 +31,76 @@ pub(crate) struct RunState {
     pub trigger: &'static str,
     /// `None` when the timeout is too large to represent.
     pub deadline: Option<Instant>,
+    /// Text forms of values this run obtained from `secrets::get`.
+    pub revealed: Vec<String>,
 }
 
 thread_local! {
     static CURRENT: RefCell<Option<RunState>> = const { RefCell::new(None) };
+    static PENDING_LIMIT: Cell<Option<&'static str>> = const { Cell::new(None) };
+}
+
+/// Records that the run passed `limit` inside a native call that could not
+/// fail (Rhai falls back to unbounded formatting when `to_string` fails), so
+/// the run ends at its next operation.
+pub(crate) fn set_pending_limit(limit: &'static str) {
+    let _ = PENDING_LIMIT.try_with(|pending| pending.set(Some(limit)));
+}
+
+/// The limit a native call recorded with [`set_pending_limit`], if any.
+#[inline]
+pub(crate) fn pending_limit() -> Option<&'static str> {
+    PENDING_LIMIT.try_with(Cell::get).ok().flatten()
+}
+
+/// Remembers the text forms of a value from `secrets::get`: the whole JSON
+/// and every string or number inside it.
+pub(crate) fn reveal(value: &serde_json::Value) {
+    let _ = CURRENT.try_with(|current| {
+        let Ok(mut current) = current.try_borrow_mut() else {
+            return;
+        };
+        let Some(run) = current.as_mut() else {
+            return;
+        };
+        let mut texts = Vec::new();
+        collect_texts(value, &mut texts);
+        if !value.is_string() {
+            texts.push(value.to_string());
+        }
+        for text in texts {
+            if text.chars().count() >= MIN_SCRUBBED_CHARS && !run.revealed.contains(&text) {
+                run.revealed.push(text);
+            }
+        }
+        // Longest first, so a secret containing another is replaced whole.
+        run.revealed.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    });
+}
+
+fn collect_texts(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Number(n) => out.push(n.to_string()),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_texts(v, out)),
+        serde_json::Value::Object(fields) => fields.values().for_each(|v| collect_texts(v, out)),
+        serde_json::Value::Bool(_) | serde_json::Value::Null => {}
+    }
+}
+
+/// `text` with every value the current run revealed replaced by [`REDACTED`].
+pub(crate) fn scrub(text: String) -> String {
+    with_current(|run| scrub_with(&run.revealed, text.clone())).unwrap_or(text)
+}
+
+/// `text` with every one of `revealed` replaced by [`REDACTED`].
+pub(crate) fn scrub_with(revealed: &[String], mut text: String) -> String {
+    for secret in revealed {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), REDACTED);
+        }
+    }
+    text
 }
 
 /// Restores the state that was current before [`enter`] when dropped.
@@ -32,6 +110,7 @@ pub(crate) struct RunGuard {
 
 impl Drop for RunGuard {
     fn drop(&mut self) {
+        let _ = PENDING_LIMIT.try_with(|pending| pending.set(None));
         let previous = self.previous.take();
         CURRENT.with(|current| {
             if let Ok(mut current) = current.try_borrow_mut() {
@@ -44,6 +123,7 @@ impl Drop for RunGuard {
 /// Makes `state` the current run of this thread until the guard drops.
 pub(crate) fn enter(state: RunState) -> RunGuard {
     let previous = CURRENT.with(|current| current.replace(Some(state)));
+    let _ = PENDING_LIMIT.try_with(|pending| pending.set(None));
     RunGuard { previous }
 }
 
@@ -69,6 +149,7 @@ mod tests {
             script_name: name.into(),
             trigger: "http",
             deadline: None,
+            revealed: Vec::new(),
         }
     }
 
@@ -89,5 +170,16 @@ mod tests {
         );
         drop(outer);
         assert!(with_current(|_| ()).is_none());
+    }
+
+    #[test]
+    fn revealed_values_are_scrubbed_longest_first() {
+        let _run = enter(state("s"));
+        reveal(&serde_json::json!("hunter2-SECRET"));
+        reveal(&serde_json::json!({"user": "admin", "pin": 123456, "x": "ab"}));
+        reveal(&serde_json::json!("hunter2"));
+        let text = scrub("bad 'hunter2-SECRET' for admin (123456), ab".into());
+        assert_eq!(text, "bad '[redacted]' for [redacted] ([redacted]), ab");
+        assert_eq!(scrub("hunter2".into()), "[redacted]");
     }
 }

@@ -2,22 +2,28 @@
 //!
 //! What a script cannot do, and how each rule is enforced:
 //! - run forever: `max_operations`, plus a wall-clock deadline checked from
-//!   `on_progress` every [`DEADLINE_CHECK_EVERY`] operations (the deadline is
-//!   per run, so it lives in `run_state`); SDK calls, which `on_progress`
-//!   cannot interrupt, carry their own timeout (see `sdk`);
-//! - exhaust memory: string, array and map size limits, and a per-run
-//!   memory budget checked after every operation (see `memory`);
+//!   `on_progress` after every operation (a flag the `watchdog` flips; the
+//!   clock itself is read every [`DEADLINE_CHECK_EVERY`] operations too, in
+//!   case the watchdog thread is starved); SDK calls, which `on_progress`
+//!   cannot interrupt, carry their own timeout (see `sdk`); built-ins that
+//!   work long inside one call are replaced (see `builtins`); compiling stops
+//!   at its own deadline through the token hook;
+//! - exhaust memory: string, array and map size limits, a per-run memory
+//!   budget checked after every operation (see `memory`), and byte budgets
+//!   for every conversion of a value to text or JSON (`render`, `convert`);
 //! - exhaust the stack: call-depth and expression-depth limits;
 //! - escape: no `eval` (disabled symbol), no `import` (a resolver that
 //!   refuses every path — Rhai's `no_module` feature would also remove the
 //!   `kv::` namespaces), no stdout (`print`/`debug` go to `tracing`).
 
+use crate::builtins;
 use crate::memory;
 use crate::run_state;
 use crate::sdk::{self, SdkEnv};
+use crate::watchdog;
 use crate::SandboxLimits;
 use rhai::module_resolvers::ModuleResolver;
-use rhai::{Dynamic, Engine, EvalAltResult, Module, Position, Shared};
+use rhai::{Dynamic, Engine, EvalAltResult, LexError, Module, Position, Shared, Token};
 use std::sync::Arc;
 
 /// How often, in operations, a run compares the clock with its deadline.
@@ -27,6 +33,11 @@ pub(crate) const DEADLINE_CHECK_EVERY: u64 = 1024;
 pub(crate) const TIMEOUT_TOKEN: &str = "timeout";
 /// The termination token of a run that exceeded its memory budget.
 pub(crate) const MEMORY_TOKEN: &str = "memory";
+/// The termination token of a run whose text output passed the string limit
+/// inside a call that could not fail (see `builtins::text_of`).
+pub(crate) const STRING_TOKEN: &str = "string";
+/// The lexer error that stops a compile at its deadline.
+pub(crate) const COMPILE_TIMEOUT_MARK: &str = "compile time limit reached";
 
 /// Expression nesting allowed at top level and inside functions (Rhai's release defaults).
 const MAX_EXPR_DEPTH: usize = 64;
@@ -45,14 +56,28 @@ pub(crate) fn build_engine(limits: &SandboxLimits, env: Arc<SdkEnv>) -> Engine {
         .set_module_resolver(RefuseImports)
         .disable_symbol("eval");
     engine.on_progress(|operations| {
-        if memory::over_budget() {
+        if watchdog::expired() {
+            Some(Dynamic::from(TIMEOUT_TOKEN))
+        } else if memory::over_budget() {
             Some(Dynamic::from(MEMORY_TOKEN))
+        } else if run_state::pending_limit().is_some() {
+            Some(Dynamic::from(STRING_TOKEN))
         } else if operations % DEADLINE_CHECK_EVERY == 0 && run_state::deadline_passed() {
             Some(Dynamic::from(TIMEOUT_TOKEN))
         } else {
             None
         }
     });
+    // The parser has no progress hook; its token hook is where a compile can stop.
+    #[allow(deprecated)]
+    engine.on_parse_token(|token, _pos, _state| {
+        if watchdog::expired() {
+            Token::LexError(Box::new(LexError::Runtime(COMPILE_TIMEOUT_MARK.into())))
+        } else {
+            token
+        }
+    });
+    builtins::register(&mut engine);
     engine.on_print(sdk::log::print);
     engine.on_debug(|text, _source, _pos| sdk::log::print(text));
     let env_secrets = env.clone();

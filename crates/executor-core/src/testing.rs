@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use picloud_shared::ids::AppId;
 use picloud_shared::kv::{page_limit, KvPage, KvService};
-use picloud_shared::names::{validate_dotted_name, validate_kv_key};
+use picloud_shared::names::{validate_dotted_name, validate_kv_key, validate_kv_list_bounds};
 use picloud_shared::values::capped_json;
 use picloud_shared::ServiceError;
 use serde_json::Value;
@@ -128,6 +128,7 @@ impl KvService for MemoryKv {
     ) -> Result<KvPage, ServiceError> {
         self.pause().await;
         validate_dotted_name("collection", collection)?;
+        validate_kv_list_bounds(prefix, after)?;
         let limit = page_limit(limit);
         let data = self.lock();
         let Some(keys) = data.get(&(app, collection.to_owned())) else {

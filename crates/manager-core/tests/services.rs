@@ -10,7 +10,7 @@ use picloud_shared::{
     auth::Scope,
     ids::AppId,
     kv::KvService,
-    script::{CompileError, ScriptCompiler},
+    script::{CheckError, CompileError, ScriptCompiler},
     ServiceError,
 };
 use serde_json::json;
@@ -20,14 +20,15 @@ use std::sync::Arc;
 /// Accepts any source except one containing `syntax error`.
 struct FakeCompiler;
 
+#[async_trait::async_trait]
 impl ScriptCompiler for FakeCompiler {
-    fn check(&self, source: &str) -> Result<(), CompileError> {
+    async fn check(&self, _app: AppId, source: &str) -> Result<(), CheckError> {
         match source.find("syntax error") {
-            Some(at) => Err(CompileError {
+            Some(at) => Err(CheckError::Compile(CompileError {
                 message: "syntax error".into(),
                 line: 1,
                 column: at + 1,
-            }),
+            })),
             None => Ok(()),
         }
     }

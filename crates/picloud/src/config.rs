@@ -2,7 +2,10 @@
 //!
 //! A bad value fails start-up with one line naming the variable and the fix.
 
-use picloud_executor_core::SandboxLimits;
+use picloud_executor_core::{
+    memory::DEFAULT_MAX_MEMORY_BYTES, script_stack_bytes, PoolConfig, SandboxLimits,
+    DEFAULT_AST_CACHE_BYTES,
+};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// A configuration value that cannot be used.
@@ -32,6 +35,10 @@ pub struct AppConfig {
     pub secret_max_value_bytes: usize,
     /// The script sandbox.
     pub limits: SandboxLimits,
+    /// The script pool's size and shares.
+    pub script_pool: PoolConfig,
+    /// Capacity of the compiled-script cache, in bytes.
+    pub ast_cache_bytes: usize,
 }
 
 impl Default for AppConfig {
@@ -41,8 +48,15 @@ impl Default for AppConfig {
             kv_max_value_bytes: 1024 * 1024,
             secret_max_value_bytes: picloud_shared::secrets::DEFAULT_SECRET_MAX_VALUE_BYTES,
             limits: SandboxLimits::default(),
+            script_pool: PoolConfig::for_cores(available_cores()),
+            ast_cache_bytes: DEFAULT_AST_CACHE_BYTES,
         }
     }
+}
+
+/// The cores this process may use (1 when unknown).
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// The whole process configuration. No `Debug`: it holds key material.
@@ -149,9 +163,37 @@ impl Config {
                 defaults.sdk_timeout.as_millis() as u64,
                 1,
             )?),
+            max_value_bytes: parse_num(
+                "PICLOUD_SCRIPT_MAX_VALUE_BYTES",
+                defaults.max_value_bytes,
+                1024,
+            )?,
+            max_source_bytes: parse_num(
+                "PICLOUD_SCRIPT_MAX_SOURCE_BYTES",
+                defaults.max_source_bytes,
+                1,
+            )?,
+            compile_timeout: Duration::from_millis(parse_num(
+                "PICLOUD_SCRIPT_COMPILE_TIMEOUT_MS",
+                defaults.compile_timeout.as_millis() as u64,
+                1,
+            )?),
             ..defaults
         };
         let app_defaults = AppConfig::default();
+        let workers = parse_num(
+            "PICLOUD_SCRIPT_WORKERS",
+            app_defaults.script_pool.workers,
+            1,
+        )?;
+        let script_pool = PoolConfig {
+            workers,
+            queue: parse_num("PICLOUD_SCRIPT_QUEUE", workers * 32, 1)?,
+            max_per_app: parse_num("PICLOUD_SCRIPT_MAX_PER_APP", (workers / 2).max(1), 1)?,
+            // An invoke waits for a worker at most as long as it may run.
+            max_wait: limits.timeout,
+            stack_bytes: script_stack_bytes(&limits, DEFAULT_MAX_MEMORY_BYTES),
+        };
         Ok(Self {
             listen,
             public_url,
@@ -178,6 +220,12 @@ impl Config {
                     1,
                 )?,
                 limits,
+                script_pool,
+                ast_cache_bytes: parse_num(
+                    "PICLOUD_SCRIPT_AST_CACHE_BYTES",
+                    app_defaults.ast_cache_bytes,
+                    0,
+                )?,
             },
         })
     }

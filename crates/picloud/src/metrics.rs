@@ -3,8 +3,10 @@
 //! Later capabilities add their counters to `Metrics`, so there is one place
 //! to see everything picloud counts.
 
+use picloud_executor_core::PoolStats;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// The `outcome` label values of script runs.
@@ -18,6 +20,14 @@ pub struct Metrics {
     pub script_runs: IntCounterVec,
     /// `picloud_script_run_duration_seconds{outcome}`.
     pub script_run_duration: HistogramVec,
+    /// `picloud_script_pool_workers`: worker threads.
+    pool_workers: IntGauge,
+    /// `picloud_script_pool_busy_workers`: workers running a script now.
+    pool_busy: IntGauge,
+    /// `picloud_script_pool_queue_depth`: runs waiting for a worker now.
+    pool_queued: IntGauge,
+    /// `picloud_script_pool_rejections_total`: runs refused with 503 (queue full or wait too long).
+    pool_rejections: IntCounter,
 }
 
 impl Metrics {
@@ -44,12 +54,36 @@ impl Metrics {
             &["outcome"],
         )
         .expect("static metric definition is valid");
-        registry
-            .register(Box::new(script_runs.clone()))
-            .expect("metric registered once");
-        registry
-            .register(Box::new(script_run_duration.clone()))
-            .expect("metric registered once");
+        let gauge = |name: &str, help: &str| {
+            IntGauge::new(name, help).expect("static metric definition is valid")
+        };
+        let pool_workers = gauge("picloud_script_pool_workers", "Script pool worker threads");
+        let pool_busy = gauge(
+            "picloud_script_pool_busy_workers",
+            "Script pool workers running a script",
+        );
+        let pool_queued = gauge(
+            "picloud_script_pool_queue_depth",
+            "Script runs waiting for a worker",
+        );
+        let pool_rejections = IntCounter::new(
+            "picloud_script_pool_rejections_total",
+            "Script runs refused because the pool was full or the wait too long",
+        )
+        .expect("static metric definition is valid");
+        let collectors: [Box<dyn prometheus::core::Collector>; 6] = [
+            Box::new(script_runs.clone()),
+            Box::new(script_run_duration.clone()),
+            Box::new(pool_workers.clone()),
+            Box::new(pool_busy.clone()),
+            Box::new(pool_queued.clone()),
+            Box::new(pool_rejections.clone()),
+        ];
+        for collector in collectors {
+            registry
+                .register(collector)
+                .expect("metric registered once");
+        }
         // Known series start at zero, so a scraper sees them before the first run
         // and `rate()` has a baseline.
         for outcome in RUN_OUTCOMES {
@@ -60,7 +94,22 @@ impl Metrics {
             registry,
             script_runs,
             script_run_duration,
+            pool_workers,
+            pool_busy,
+            pool_queued,
+            pool_rejections,
         }
+    }
+
+    /// Copies a reading of the script pool into its metrics (at scrape time).
+    pub fn observe_pool(&self, stats: PoolStats) {
+        self.pool_workers.set(stats.workers as i64);
+        self.pool_busy.set(stats.busy as i64);
+        self.pool_queued.set(stats.queued as i64);
+        // The pool counts rejections itself; the counter catches up to it.
+        let seen = self.pool_rejections.get();
+        self.pool_rejections
+            .inc_by(stats.rejected_total.saturating_sub(seen));
     }
 
     /// Records one script run.

@@ -42,7 +42,8 @@ pub async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
             )
         })?;
     let (app, caches) =
-        build_app_with_caches(database.pool.clone(), config.app.clone(), Arc::new(keyring));
+        build_app_with_caches(database.pool.clone(), config.app.clone(), Arc::new(keyring))
+            .context("cannot start the script worker threads")?;
     // Ends by itself when the pool closes at shutdown.
     tokio::spawn(cache_sync::listen(database.pool.clone(), caches));
     tracing::info!(address = %config.listen, "picloud is listening");

@@ -71,7 +71,8 @@ async fn put_script(t: &TestApp, app: &str, script: &str, name: &str, source: &s
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn changes_through_one_process_reach_the_caches_of_another(pool: PgPool) {
     let a = TestApp::new(pool.clone()).await;
-    let (router, caches) = build_app_with_caches(pool.clone(), test_config(), test_keyring());
+    let (router, caches) =
+        build_app_with_caches(pool.clone(), test_config(), test_keyring()).expect("the app builds");
     let b_caches = caches.clone();
     let b = TestApp {
         router,

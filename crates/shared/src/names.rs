@@ -47,6 +47,20 @@ pub fn validate_kv_key(key: &str) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// The `prefix` and `after` bounds of a kv listing: like a key, but `prefix` may be
+/// empty. Checked before the database sees them (PostgreSQL text cannot hold NUL).
+pub fn validate_kv_list_bounds(prefix: &str, after: Option<&str>) -> Result<(), ServiceError> {
+    for (what, bound) in [("prefix", Some(prefix)), ("after", after)] {
+        let Some(bound) = bound else { continue };
+        if bound.len() > 512 || bound.chars().any(char::is_control) {
+            return Err(ServiceError::InvalidArgument(format!(
+                "kv list {what} must be at most 512 bytes of UTF-8 without control characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +92,9 @@ mod tests {
         assert!(validate_kv_key("").is_err());
         assert!(validate_kv_key("a\nb").is_err());
         assert!(validate_kv_key("a\u{7f}").is_err());
+        assert!(validate_kv_list_bounds("", None).is_ok());
+        assert!(validate_kv_list_bounds("a\u{0}b", None).is_err());
+        assert!(validate_kv_list_bounds("a", Some("a\u{0}")).is_err());
+        assert!(validate_kv_list_bounds(&"k".repeat(513), None).is_err());
     }
 }

@@ -79,7 +79,7 @@ fn set(
     const F: &str = "kv::set";
     let collection = string_arg(F, "collection", collection, pos)?;
     let key = string_arg(F, "key", key, pos)?;
-    let value = json_arg(F, "value", &value, pos)?;
+    let value = json_arg(env, F, "value", &value, pos)?;
     let run = current_run(pos)?;
     let call = env.services.kv.set(run.app_id, &collection, &key, value);
     block_on(env, &run, pos, F, call)

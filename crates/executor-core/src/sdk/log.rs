@@ -3,9 +3,12 @@
 //! script name and trigger of the current run.
 //!
 //! Messages are cut to [`MAX_LOG_CHARS`] so a script cannot flood the logs
-//! with one call; a non-string argument is logged in its display form.
+//! with one call; a non-string argument is logged in its display form,
+//! written under a byte budget (`render`), never whole. Values the run got
+//! from `secrets::get` are scrubbed from every line.
 
 use super::SdkResult;
+use crate::render::render;
 use crate::run_state::{self, RunState};
 use rhai::{Dynamic, Module};
 
@@ -37,7 +40,8 @@ pub(crate) fn print(text: &str) {
 fn emit_dynamic(level: Level, msg: &Dynamic) -> SdkResult<()> {
     match msg.as_immutable_string_ref() {
         Ok(text) => emit(level, text.as_str()),
-        Err(_) => emit(level, &msg.to_string()),
+        // Four bytes per kept character at most.
+        Err(_) => emit(level, &render(msg, MAX_LOG_CHARS * 4).text),
     }
     Ok(())
 }
@@ -52,7 +56,7 @@ fn emit(level: Level, text: &str) {
     if !enabled {
         return;
     }
-    let text = truncate(text);
+    let text = run_state::scrub(truncate(text).into_owned());
     let (app_id, script, trigger) = run_state::with_current(|run: &RunState| {
         (run.app_id.to_string(), run.script_name.clone(), run.trigger)
     })

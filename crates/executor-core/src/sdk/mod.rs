@@ -31,6 +31,8 @@ pub(crate) struct SdkEnv {
     pub services: Services,
     pub runtime: Handle,
     pub sdk_timeout: Duration,
+    /// The byte budget of every value converted to JSON for a service.
+    pub max_value_bytes: usize,
 }
 
 /// A Rhai native-function result.
@@ -39,10 +41,25 @@ pub(crate) type SdkResult<T> = Result<T, Box<EvalAltResult>>;
 /// The one conversion of a [`ServiceError`] into a catchable Rhai exception:
 /// `throw #{kind, message}` at `pos`.
 pub(crate) fn service_error_to_exception(err: &ServiceError, pos: Position) -> Box<EvalAltResult> {
+    exception(err.kind(), err.to_string(), pos)
+}
+
+/// `throw #{kind, message}`: the one shape of every SDK exception.
+fn exception(kind: &str, message: String, pos: Position) -> Box<EvalAltResult> {
     let mut map = Map::new();
-    map.insert("kind".into(), err.kind().into());
-    map.insert("message".into(), err.to_string().into());
+    map.insert("kind".into(), kind.into());
+    map.insert("message".into(), message.into());
     Box::new(EvalAltResult::ErrorRuntime(map.into(), pos))
+}
+
+/// A `too_large` exception for a value whose conversion passed `limit` bytes
+/// (its full size is never measured: the conversion stops at the limit).
+pub(crate) fn too_large(what: &str, limit: usize, pos: Position) -> Box<EvalAltResult> {
+    exception(
+        "too_large",
+        format!("{what} is larger than the limit of {limit} bytes for script values"),
+        pos,
+    )
 }
 
 /// An `invalid_argument` exception.
@@ -159,13 +176,16 @@ pub(crate) fn int_arg(func: &str, name: &str, value: &Dynamic, pos: Position) ->
     })
 }
 
-/// A value argument that must have a JSON form.
+/// A value argument that must have a JSON form within the value byte budget.
 pub(crate) fn json_arg(
+    env: &SdkEnv,
     func: &str,
     name: &str,
     value: &Dynamic,
     pos: Position,
 ) -> SdkResult<serde_json::Value> {
-    dynamic_to_json(value)
-        .map_err(|err: NotJson| invalid_argument(format!("{func}: {}", err.describe(name)), pos))
+    dynamic_to_json(value, env.max_value_bytes).map_err(|err: NotJson| match err.too_large() {
+        Some(limit) => too_large(&format!("{func}: {name}"), limit, pos),
+        None => invalid_argument(format!("{func}: {}", err.describe(name)), pos),
+    })
 }

@@ -9,6 +9,7 @@
 
 use super::{block_on, current_run, json_arg, string_arg, SdkEnv, SdkResult};
 use crate::convert::json_to_dynamic;
+use crate::run_state;
 use rhai::{Array, Dynamic, Module, NativeCallContext, Position};
 use std::sync::Arc;
 
@@ -43,13 +44,17 @@ fn get(env: &SdkEnv, pos: Position, name: Dynamic) -> SdkResult<Dynamic> {
     let run = current_run(pos)?;
     let call = env.services.secrets.get(run.app_id, &name);
     let value = block_on(env, &run, pos, F, call)?;
+    // From here on this run's messages are scrubbed of the value.
+    if let Some(value) = &value {
+        run_state::reveal(value);
+    }
     Ok(value.map_or(Dynamic::UNIT, json_to_dynamic))
 }
 
 fn set(env: &SdkEnv, pos: Position, name: Dynamic, value: Dynamic) -> SdkResult<()> {
     const F: &str = "secrets::set";
     let name = string_arg(F, "name", name, pos)?;
-    let value = json_arg(F, "value", &value, pos)?;
+    let value = json_arg(env, F, "value", &value, pos)?;
     let run = current_run(pos)?;
     let call = env.services.secrets.set(run.app_id, &name, value);
     block_on(env, &run, pos, F, call).map(|_| ())

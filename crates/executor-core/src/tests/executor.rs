@@ -2,7 +2,7 @@
 
 use super::{script, script_error, Harness};
 use crate::{Executor, RunContext, RunError, ScriptHandle};
-use picloud_shared::script::ScriptCompiler;
+use picloud_shared::script::CheckError;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -148,7 +148,9 @@ fn results_without_a_json_form_are_script_errors() {
 #[test]
 fn compile_errors_carry_line_and_column() {
     let h = Harness::new();
-    let err = h.executor.check("let a = 1;\nlet b = ;").unwrap_err();
+    let Err(CheckError::Compile(err)) = h.executor.check("let a = 1;\nlet b = ;") else {
+        panic!("expected a compile error");
+    };
     assert_eq!((err.line, err.column), (2, 9));
     assert!(!err.message.is_empty());
     assert!(h.executor.check("let a = 1; a + 1").is_ok());

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use picloud_shared::{
     ids::AppId,
     kv::{page_limit, KvPage, KvService},
-    names::{validate_dotted_name, validate_kv_key},
+    names::{validate_dotted_name, validate_kv_key, validate_kv_list_bounds},
     values::capped_json,
     ServiceError,
 };
@@ -88,6 +88,7 @@ impl KvService for KvServiceImpl {
         limit: usize,
     ) -> Result<KvPage, ServiceError> {
         validate_dotted_name("collection", collection)?;
+        validate_kv_list_bounds(prefix, after)?;
         let limit = page_limit(limit);
         // One extra row tells whether another page exists.
         let mut keys =

@@ -8,7 +8,7 @@ use picloud_shared::{
     domain::ScriptWithSource,
     ids::{AppId, ScriptId},
     names::validate_resource_name,
-    script::ScriptCompiler,
+    script::{CheckError, ScriptCompiler},
 };
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -33,9 +33,15 @@ impl ScriptsService {
         Self { pool, compiler }
     }
 
-    fn check(&self, name: &str, source: &str) -> Result<(), ManagerError> {
+    async fn check(&self, app_id: AppId, name: &str, source: &str) -> Result<(), ManagerError> {
         validate_resource_name("script", name)?;
-        self.compiler.check(source).map_err(ManagerError::Compile)
+        self.compiler
+            .check(app_id, source)
+            .await
+            .map_err(|err| match err {
+                CheckError::Compile(e) => ManagerError::Compile(e),
+                CheckError::Refused(e) => e.into(),
+            })
     }
 
     /// Creates a script in an app.
@@ -46,7 +52,7 @@ impl ScriptsService {
         source: &str,
         public: bool,
     ) -> Result<ScriptWithSource, ManagerError> {
-        self.check(name, source)?;
+        self.check(app_id, name, source).await?;
         repo::scripts::insert(&self.pool, ScriptId::new(), app_id, name, source, public)
             .await
             .map_err(map_write_error)
@@ -87,7 +93,7 @@ impl ScriptsService {
         source: &str,
         public: Option<bool>,
     ) -> Result<(ScriptWithSource, String), ManagerError> {
-        self.check(name, source)?;
+        self.check(app_id, name, source).await?;
         let mut tx = self.pool.begin().await?;
         let previous = repo::scripts::get(&mut *tx, app_id, id)
             .await?

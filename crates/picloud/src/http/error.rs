@@ -9,11 +9,14 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use picloud_executor_core::RunError;
+use picloud_executor_core::{PoolError, RunError};
 use picloud_manager_core::ManagerError;
 use picloud_shared::{auth::Scope, ServiceError};
 use serde::Serialize;
 use utoipa::ToSchema;
+
+/// What a 503 for a busy script pool asks the client to wait, in seconds.
+const RETRY_AFTER_SECS: &str = "1";
 
 /// An error an HTTP handler returns.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,9 @@ pub enum ApiError {
     ScriptLimit(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Every script worker is busy: 503 with `Retry-After`.
+    #[error("{0}")]
+    Busy(String),
     #[error("internal error")]
     Internal,
 }
@@ -89,7 +95,9 @@ impl ApiError {
             ApiError::Compile { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "compile_error"),
             ApiError::Script(_) => (StatusCode::INTERNAL_SERVER_ERROR, "script_error"),
             ApiError::ScriptLimit(_) => (StatusCode::INTERNAL_SERVER_ERROR, "script_limit"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Unavailable(_) | ApiError::Busy(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -126,7 +134,14 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        (status, Json(ErrorBody { error: detail })).into_response()
+        let mut response = (status, Json(ErrorBody { error: detail })).into_response();
+        if matches!(self, ApiError::Busy(_)) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }
 
@@ -163,6 +178,15 @@ impl From<ManagerError> for ApiError {
 impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
         ManagerError::from(err).into()
+    }
+}
+
+impl From<PoolError> for ApiError {
+    fn from(err: PoolError) -> Self {
+        match err {
+            PoolError::Busy => ApiError::Busy(err.to_string()),
+            PoolError::Failed => ApiError::Internal,
+        }
     }
 }
 

@@ -2,7 +2,10 @@
 //!
 //! The hot path touches no database once the key and the script are cached:
 //! look up the script, check the key (unless the script is public), run it
-//! on a blocking thread, answer its value as JSON.
+//! on the script pool, answer its value as JSON. A full pool answers 503
+//! with `Retry-After`. A public script called without a valid key gets a
+//! generic message and an error id for an uncaught error; the detail is
+//! logged under that id.
 
 use super::{
     auth::authenticate,
@@ -16,7 +19,7 @@ use axum::{
     http::{header, HeaderMap},
     Json,
 };
-use picloud_executor_core::{RequestInfo, RunContext, RunError};
+use picloud_executor_core::{Admission, RequestInfo, RunContext, RunError};
 use picloud_shared::{auth::Capability, ids::AppId};
 use serde_json::Value;
 use std::{sync::Arc, time::Instant};
@@ -73,14 +76,21 @@ async fn invoke(
 ) -> Result<Json<Value>, ApiError> {
     let app = AppId(app_id);
     let (parts, body) = request.into_parts();
-    let script = match find_script(&st, app, &script_name).await? {
-        Some(script) if script.public => script,
+    let (script, trusted_caller) = match find_script(&st, app, &script_name).await? {
+        Some(script) if script.public => {
+            // A caller with a key that may invoke anyway sees error details.
+            let trusted = match authenticate(&parts, &st).await {
+                Ok(principal) => principal.require(Capability::ScriptInvoke).is_ok(),
+                Err(_) => false,
+            };
+            (script, trusted)
+        }
         found => {
             // Private or unknown: authenticate first, so names do not leak to strangers.
             authenticate(&parts, &st)
                 .await?
                 .require(Capability::ScriptInvoke)?;
-            found.ok_or(ApiError::NotFound("script"))?
+            (found.ok_or(ApiError::NotFound("script"))?, true)
         }
     };
     let headers = script_headers(&parts.headers);
@@ -99,9 +109,11 @@ async fn invoke(
     };
     let executor = st.executor.clone();
     let started = Instant::now();
-    let result = tokio::task::spawn_blocking(move || executor.run(&script.handle, ctx))
-        .await
-        .map_err(|_| ApiError::Internal)?;
+    let handle = script.handle.clone();
+    let result = st
+        .script_pool
+        .run(app, Admission::Reject, move || executor.run(&handle, ctx))
+        .await?;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(RunError::Script { .. }) => "error",
@@ -109,5 +121,21 @@ async fn invoke(
     };
     st.metrics
         .record_run("http", outcome, started.elapsed().as_secs_f64());
-    Ok(Json(result?))
+    match result {
+        Ok(value) => Ok(Json(value)),
+        Err(RunError::Script { message }) if !trusted_caller => {
+            let error_id = Uuid::new_v4();
+            tracing::warn!(
+                app_id = %app,
+                script = %script.handle.name,
+                %error_id,
+                error = %message,
+                "a public script failed"
+            );
+            Err(ApiError::Script(format!(
+                "the script failed; error id {error_id} (the detail is in the server log)"
+            )))
+        }
+        Err(err) => Err(err.into()),
+    }
 }

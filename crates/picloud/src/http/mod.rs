@@ -16,7 +16,7 @@ use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request},
     Router,
 };
-use picloud_executor_core::{Executor, Services};
+use picloud_executor_core::{Executor, PooledCompiler, ScriptPool, Services};
 use picloud_manager_core::service::{
     api_keys::ApiKeysService, apps::AppsService, kv::KvServiceImpl, scripts::ScriptsService,
     secrets::SecretsServiceImpl,
@@ -40,6 +40,8 @@ pub struct AppState {
     pub api_keys: ApiKeysService,
     pub secrets: Arc<dyn SecretsService>,
     pub executor: Arc<Executor>,
+    /// The bounded script pool every run and compile goes through.
+    pub script_pool: ScriptPool,
     /// API keys and scripts in memory; admin writes invalidate through `Caches::apply`.
     pub caches: Caches,
     pub metrics: Metrics,
@@ -86,9 +88,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// Builds the application over a migrated database, sealing secrets with
 /// `keyring` (a parameter, so tests never touch process env). Call inside a
-/// tokio runtime.
-pub fn build_app(pool: PgPool, config: AppConfig, keyring: Arc<Keyring>) -> Router {
-    build_app_with_caches(pool, config, keyring).0
+/// tokio runtime. Fails only when the script pool's threads cannot start.
+pub fn build_app(
+    pool: PgPool,
+    config: AppConfig,
+    keyring: Arc<Keyring>,
+) -> std::io::Result<Router> {
+    build_app_with_caches(pool, config, keyring).map(|(router, _)| router)
 }
 
 /// [`build_app`], also handing out its caches so a server can keep them in step
@@ -97,26 +103,33 @@ pub fn build_app_with_caches(
     pool: PgPool,
     config: AppConfig,
     keyring: Arc<Keyring>,
-) -> (Router, Caches) {
+) -> std::io::Result<(Router, Caches)> {
+    let script_pool = ScriptPool::start(config.script_pool.clone())?;
     let kv = Arc::new(KvServiceImpl::new(pool.clone(), config.kv_max_value_bytes));
     let secrets: Arc<dyn SecretsService> = Arc::new(SecretsServiceImpl::new(
         pool.clone(),
         keyring,
         config.secret_max_value_bytes,
     ));
-    let executor = Arc::new(Executor::new(
-        config.limits.clone(),
-        Services {
-            kv,
-            secrets: secrets.clone(),
-        },
-        tokio::runtime::Handle::current(),
-    ));
+    let executor = Arc::new(
+        Executor::new(
+            config.limits.clone(),
+            Services {
+                kv,
+                secrets: secrets.clone(),
+            },
+            tokio::runtime::Handle::current(),
+        )
+        .with_ast_cache_bytes(config.ast_cache_bytes),
+    );
     let api_keys = ApiKeysService::new(pool.clone());
     let max_request_bytes = config.max_request_bytes;
     let state = AppState {
         apps: AppsService::new(pool.clone()),
-        scripts: ScriptsService::new(pool.clone(), executor.clone()),
+        scripts: ScriptsService::new(
+            pool.clone(),
+            Arc::new(PooledCompiler::new(script_pool.clone(), executor.clone())),
+        ),
         caches: Caches {
             auth: auth::AuthCache::new(api_keys.clone()),
             scripts: ScriptCache::default(),
@@ -125,6 +138,7 @@ pub fn build_app_with_caches(
         api_keys,
         secrets,
         executor,
+        script_pool,
         metrics: Metrics::new(),
         config: Arc::new(config),
         openapi_json: Arc::default(),
@@ -149,5 +163,5 @@ pub fn build_app_with_caches(
             }),
         )
         .with_state(state);
-    (router, caches)
+    Ok((router, caches))
 }

@@ -54,6 +54,7 @@ async fn readyz(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
 #[utoipa::path(get, path = "/metrics", tag = "system",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics(State(st): State<AppState>) -> Response {
+    st.metrics.observe_pool(st.script_pool.stats());
     (
         [(
             header::CONTENT_TYPE,

@@ -44,6 +44,7 @@ pub fn test_config() -> AppConfig {
             max_string_bytes: 256 * 1024,
             ..SandboxLimits::default()
         },
+        ..AppConfig::default()
     }
 }
 
@@ -66,7 +67,7 @@ impl TestApp {
             .expect("create admin key")
             .key;
         Self {
-            router: build_app(pool.clone(), config, keyring),
+            router: build_app(pool.clone(), config, keyring).expect("the app builds"),
             pool,
             admin_key,
         }
