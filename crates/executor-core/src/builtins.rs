@@ -104,10 +104,18 @@ pub(crate) fn register(engine: &mut Engine) {
 
     for name in ["to_string", "to_debug", "print", "debug"] {
         engine.register_fn(name, |ctx: NativeCallContext, a: &mut Array| {
-            text_of(&ctx, &Dynamic::from_array(a.clone()))
+            let (text, kept) = text_of(&ctx, Dynamic::from_array(std::mem::take(a)));
+            if let Some(kept) = kept {
+                *a = kept.into_array().unwrap_or_default();
+            }
+            text
         });
         engine.register_fn(name, |ctx: NativeCallContext, m: &mut Map| {
-            text_of(&ctx, &Dynamic::from_map(m.clone()))
+            let (text, kept) = text_of(&ctx, Dynamic::from_map(std::mem::take(m)));
+            if let Some(kept) = kept {
+                *m = kept.try_cast::<Map>().unwrap_or_default();
+            }
+            text
         });
     }
     engine.register_fn(
@@ -159,15 +167,23 @@ fn string_budget(ctx: &NativeCallContext) -> usize {
     }
 }
 
-/// A container's text under the string limit. Rhai formats a value itself,
-/// without limit, when a print function fails, so this one cannot fail: past
-/// the limit it returns the cut text and the run ends at its next operation.
-fn text_of(ctx: &NativeCallContext, value: &Dynamic) -> ImmutableString {
-    let rendered = render(value, string_budget(ctx));
+/// A container's text under the string limit, and the container back unless
+/// the limit was passed.
+///
+/// Why a container past the limit is not given back (its variable is left
+/// empty): Rhai re-checks the size of a print function's argument after the
+/// call, and when that check fails — a container built by index assignment
+/// can hold one string thousands of times, which Rhai's check counts but
+/// nothing stopped — it formats the value itself, without any limit:
+/// gigabytes. An empty container passes the check, and the run ends anyway,
+/// at its next operation, with the limit recorded here.
+fn text_of(ctx: &NativeCallContext, value: Dynamic) -> (ImmutableString, Option<Dynamic>) {
+    let rendered = render(&value, string_budget(ctx));
     if rendered.truncated {
         run_state::set_pending_limit(crate::sandbox::STRING_TOKEN);
+        return (rendered.text.into(), None);
     }
-    rendered.text.into()
+    (rendered.text.into(), Some(value))
 }
 
 /// A stable merge sort that never panics, whatever the comparator answers,

@@ -169,13 +169,18 @@ impl Executor {
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
             self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
         }));
-        // A built-in that swallowed the deadline's error (or the last
-        // operation before it) must not turn an overrun into a success.
-        let timed_out = watchdog::expired();
+        // A built-in that swallowed the deadline's error, or a limit passed in
+        // the run's last call (with no operation after it to stop the run),
+        // must not turn into a success.
+        let stopped_by = if watchdog::expired() {
+            Some(sandbox::TIMEOUT_TOKEN)
+        } else {
+            run_state::pending_limit().map(|_| sandbox::STRING_TOKEN)
+        };
         let result = match outcome {
-            Ok(Ok(_)) if timed_out => Err(RunError::from_eval(
+            Ok(Ok(_)) if stopped_by.is_some() => Err(RunError::from_eval(
                 rhai::EvalAltResult::ErrorTerminated(
-                    sandbox::TIMEOUT_TOKEN.into(),
+                    stopped_by.unwrap_or(sandbox::TIMEOUT_TOKEN).into(),
                     rhai::Position::NONE,
                 ),
                 &self.limits,

@@ -32,7 +32,8 @@ use tokio::sync::{oneshot, Notify};
 /// How a submitter waits for a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Fail with [`PoolError::Busy`] when there is no room; give up after `max_wait`.
+    /// Fail with [`PoolError::Busy`] when there is no room, or when no worker
+    /// took the job within `max_wait` (a job that started always finishes).
     Reject,
     /// Wait as long as it takes for room in the queue (background work).
     Wait,
@@ -198,17 +199,20 @@ impl ScriptPool {
             inner: &self.inner,
             id,
         };
-        let outcome = match admission {
-            Admission::Wait => rx.await.map_err(|_| PoolError::Failed),
-            Admission::Reject => match tokio::time::timeout(self.inner.config.max_wait, rx).await {
-                Ok(received) => received.map_err(|_| PoolError::Failed),
-                Err(_) => {
-                    self.inner.rejected.fetch_add(1, Ordering::Relaxed);
-                    Err(PoolError::Busy)
+        let mut rx = rx;
+        if admission == Admission::Reject {
+            tokio::select! {
+                received = &mut rx => return received.map_err(|_| PoolError::Failed)?,
+                () = tokio::time::sleep(self.inner.config.max_wait) => {
+                    // Only a job still waiting is given up; one that started runs to the end.
+                    if self.inner.cancel(id) {
+                        self.inner.rejected.fetch_add(1, Ordering::Relaxed);
+                        return Err(PoolError::Busy);
+                    }
                 }
-            },
-        };
-        outcome.and_then(|result| result)
+            }
+        }
+        rx.await.map_err(|_| PoolError::Failed)?
     }
 
     /// A reading of busy workers, queue depth and rejections.
@@ -248,16 +252,21 @@ impl Inner {
         Ok(())
     }
 
-    /// Removes a job that has not started (its submitter is gone).
-    fn cancel(&self, id: u64) {
+    /// Removes a job that has not started; false when it already has (or is done).
+    fn cancel(&self, id: u64) -> bool {
         let mut state = self.lock();
-        if let Some(index) = state.queue.iter().position(|job| job.id == id) {
-            if let Some(job) = state.queue.remove(index) {
-                decrement(&mut state.queued, job.app);
-            }
-            drop(state);
-            self.room.notify_waiters();
-        }
+        let Some(job) = state
+            .queue
+            .iter()
+            .position(|job| job.id == id)
+            .and_then(|index| state.queue.remove(index))
+        else {
+            return false;
+        };
+        decrement(&mut state.queued, job.app);
+        drop(state);
+        self.room.notify_waiters();
+        true
     }
 
     /// A worker's life: take the oldest eligible job, run it, repeat.
@@ -316,7 +325,7 @@ struct QueuedGuard<'a> {
 
 impl Drop for QueuedGuard<'_> {
     fn drop(&mut self) {
-        self.inner.cancel(self.id);
+        let _ = self.inner.cancel(self.id);
     }
 }
 
@@ -475,6 +484,44 @@ mod tests {
         assert!(rt.block_on(blocker).unwrap().is_ok());
         assert_eq!(rt.block_on(pool.run(app, Admission::Reject, || 7)), Ok(7));
         assert_eq!(ran.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn the_wait_bound_gives_up_queued_jobs_but_never_started_ones() {
+        let pool = ScriptPool::start(PoolConfig {
+            workers: 1,
+            queue: 4,
+            max_per_app: 1,
+            max_wait: Duration::from_millis(100),
+            stack_bytes: 2 * 1024 * 1024,
+        })
+        .unwrap();
+        let rt = runtime();
+        let app = AppId::new();
+        let slow = rt.spawn({
+            let pool = pool.clone();
+            async move {
+                pool.run(app, Admission::Reject, || {
+                    std::thread::sleep(Duration::from_millis(400));
+                    "slow"
+                })
+                .await
+            }
+        });
+        while pool.stats().busy == 0 {
+            std::thread::yield_now();
+        }
+        let queued = rt.block_on(pool.run(app, Admission::Reject, || "queued"));
+        assert_eq!(
+            queued,
+            Err(PoolError::Busy),
+            "waited past max_wait in the queue"
+        );
+        assert_eq!(
+            rt.block_on(slow).unwrap(),
+            Ok("slow"),
+            "ran past max_wait once started"
+        );
     }
 
     #[test]

@@ -11,13 +11,18 @@
 use rhai::Dynamic;
 use std::fmt::Write;
 
+/// What ends a text cut at its budget.
+const ELLIPSIS: &str = "…";
+
 /// Containers nested deeper than this are written as `…`.
 const MAX_DEPTH: usize = 64;
 
 /// A value's text, cut at `budget` bytes.
 #[derive(Debug)]
 pub(crate) struct Rendered {
-    /// At most `budget` bytes (plus a closing `…` when cut).
+    /// At most `budget` bytes, a closing `…` included when cut. Never more:
+    /// Rhai re-checks a print function's result against the string limit and,
+    /// when that fails, formats the value itself without any limit.
     pub text: String,
     /// True when the value's full text is longer than the budget.
     pub truncated: bool,
@@ -28,12 +33,12 @@ pub(crate) struct Rendered {
 pub(crate) fn render(value: &Dynamic, budget: usize) -> Rendered {
     let mut out = Budgeted {
         text: String::new(),
-        budget,
+        budget: budget.saturating_sub(ELLIPSIS.len()),
         truncated: false,
     };
     write_value(&mut out, value, 0, false);
     if out.truncated {
-        out.text.push('…');
+        out.text.push_str(ELLIPSIS);
     }
     Rendered {
         text: out.text,
@@ -172,12 +177,12 @@ mod tests {
         let items: Array = (0..3000).map(|_| Dynamic::from(big.clone())).collect();
         let rendered = render(&Dynamic::from_array(items), 4096);
         assert!(rendered.truncated);
-        assert_eq!(rendered.text.len(), 4096 + '…'.len_utf8());
+        assert_eq!(rendered.text.len(), 4096);
     }
 
     #[test]
     fn cuts_on_a_character_boundary() {
-        let rendered = render(&Dynamic::from("ééé"), 3);
+        let rendered = render(&Dynamic::from("ééé"), 6);
         assert_eq!(rendered.text, "é…");
     }
 }

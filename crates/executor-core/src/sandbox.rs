@@ -54,7 +54,11 @@ pub(crate) fn build_engine(limits: &SandboxLimits, env: Arc<SdkEnv>) -> Engine {
         .set_max_array_size(limits.max_array_items)
         .set_max_map_size(limits.max_map_items)
         .set_module_resolver(RefuseImports)
-        .disable_symbol("eval");
+        .disable_symbol("eval")
+        // Rhai's optimiser propagates constants in time quadratic in the number
+        // of variables and offers no hook to stop it (a 440 KB script took 40 s
+        // after parsing); the parser alone is bounded by the token hook below.
+        .set_optimization_level(rhai::OptimizationLevel::None);
     engine.on_progress(|operations| {
         if watchdog::expired() {
             Some(Dynamic::from(TIMEOUT_TOKEN))

@@ -72,6 +72,8 @@ pub struct Config {
     pub secret_key: Option<String>,
     /// `PICLOUD_SECRET_KEYS_PREVIOUS` as given.
     pub secret_keys_previous: Option<String>,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub shutdown_grace: Duration,
     pub app: AppConfig,
 }
 
@@ -203,6 +205,7 @@ impl Config {
             log_format,
             secret_key: var("PICLOUD_SECRET_KEY"),
             secret_keys_previous: var("PICLOUD_SECRET_KEYS_PREVIOUS"),
+            shutdown_grace: Duration::from_secs(parse_num("PICLOUD_SHUTDOWN_GRACE_SECS", 15, 0)?),
             app: AppConfig {
                 max_request_bytes: parse_num(
                     "PICLOUD_MAX_REQUEST_BYTES",

@@ -3,8 +3,10 @@
 //! Order matters: configuration, then the database (embedded or external)
 //! and migrations, then the first admin key (written before the listener
 //! accepts anything), then the listener. On SIGTERM or SIGINT the listener
-//! stops accepting, in-flight requests get a bounded grace period, and the
-//! embedded PostgreSQL is stopped before the process exits with 0.
+//! stops accepting, in-flight requests get a bounded grace period
+//! (`PICLOUD_SHUTDOWN_GRACE_SECS`), and the embedded PostgreSQL is stopped
+//! before the process exits with 0 — even if a script thread is still busy:
+//! script threads are not joined.
 
 use crate::{
     cache_sync,
@@ -15,10 +17,7 @@ use crate::{
 use anyhow::Context;
 use picloud_manager_core::{sealed::check_keys, service::api_keys::ApiKeysService};
 use picloud_shared::{auth::Scope, crypto::Keyring};
-use std::{io::Write, path::Path, sync::Arc, time::Duration};
-
-/// How long in-flight requests may run after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+use std::{io::Write, path::Path, sync::Arc};
 
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
@@ -59,12 +58,13 @@ pub async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutdown signal received: no new connections, finishing in-flight requests");
     let _ = stop_tx.send(());
-    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+    let grace = config.shutdown_grace;
+    match tokio::time::timeout(grace, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "the HTTP server failed"),
         Ok(Err(e)) => tracing::error!(error = %e, "the HTTP server task failed"),
         Err(_) => tracing::warn!(
-            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            grace_secs = grace.as_secs(),
             "in-flight requests did not finish within the grace period; stopping anyway"
         ),
     }

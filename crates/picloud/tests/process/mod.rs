@@ -1,0 +1,254 @@
+//! Support for tests of the real `picloud` binary: a server on its own data
+//! dir and port, raw HTTP/1.1 requests, and the admin calls every such test makes.
+
+#![allow(dead_code)]
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_picloud");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A data dir the postgres user can reach (tempdirs are 0700).
+pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::Builder::new()
+        .prefix("picloud-serve-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let dir = tmp.path().join("data");
+    (tmp, dir)
+}
+
+pub fn command(data: &Path, port: u16) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .env("PICLOUD_DATA_DIR", data)
+        .env("PICLOUD_LISTEN", format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A running server whose output goes to files (a pipe nobody reads could block it).
+pub struct Server {
+    pub child: Child,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn start(data: &Path, port: u16, tag: &str, extra_env: &[(&str, &str)]) -> Server {
+        let stdout = data.with_file_name(format!("{tag}.stdout"));
+        let stderr = data.with_file_name(format!("{tag}.stderr"));
+        let mut cmd = command(data, port);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        // Its own process group, as a terminal job would be.
+        cmd.process_group(0)
+            .arg("serve")
+            .arg("--dev")
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        let child = cmd.spawn().expect("spawn picloud");
+        let mut server = Server {
+            child,
+            stdout,
+            stderr,
+            port,
+        };
+        server.wait_healthy();
+        server
+    }
+
+    pub fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("picloud exited early ({status}): {}", self.logs());
+            }
+            if let Ok((200, _)) = http(self.port, "GET", "/healthz", None, None) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("picloud did not become healthy: {}", self.logs());
+    }
+
+    pub fn logs(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            std::fs::read_to_string(&self.stdout).unwrap_or_default(),
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
+    }
+
+    /// Sends `signal` to the whole process group and waits for the exit code.
+    pub fn stop(mut self, signal: nix::sys::signal::Signal) -> (i32, String) {
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::killpg(pgid, signal).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let logs = self.logs();
+                return (status.code().unwrap_or(-1), logs);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "picloud did not stop: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A failed test must not leave a server (and its PostgreSQL) behind.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A response: status, raw header block and body.
+pub struct Response {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Response {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.unwrap_or("");
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (headers, body) = response
+        .split_once("\r\n\r\n")
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
+        .unwrap_or_default();
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// One HTTP/1.1 request over a fresh connection: (status, body).
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    request(port, method, path, key, body).map(|r| (r.status, r.body))
+}
+
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|_| panic!("not JSON: {s}"))
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+/// The admin key the first start wrote to `<data>/admin.key`.
+pub fn admin_key(data: &Path) -> String {
+    std::fs::read_to_string(data.join("admin.key"))
+        .unwrap()
+        .trim_end()
+        .to_owned()
+}
+
+/// Creates an app through the admin API and returns its id.
+pub fn create_app(port: u16, key: &str, name: &str) -> String {
+    let body = serde_json::json!({ "name": name }).to_string();
+    let (status, app) = http(port, "POST", "/api/v1/admin/apps", Some(key), Some(&body)).unwrap();
+    assert_eq!(status, 201, "{app}");
+    json(&app)["id"].as_str().unwrap().to_owned()
+}
+
+/// Saves a script through the admin API and answers (status, body).
+pub fn save_script(
+    port: u16,
+    key: &str,
+    app: &str,
+    name: &str,
+    source: &str,
+    public: bool,
+) -> (u16, String) {
+    let body = serde_json::json!({ "name": name, "source": source, "public": public }).to_string();
+    let path = format!("/api/v1/admin/apps/{app}/scripts");
+    http(port, "POST", &path, Some(key), Some(&body)).unwrap()
+}
+
+/// Saves a script through the admin API.
+pub fn create_script(port: u16, key: &str, app: &str, name: &str, source: &str) {
+    let (status, out) = save_script(port, key, app, name, source, false);
+    assert_eq!(status, 201, "{out}");
+}
+
+/// A line of `/proc/<pid>/status` as a number (`VmHWM` in KiB, `Threads`).
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
