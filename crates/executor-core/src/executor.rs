@@ -88,6 +88,16 @@ struct CachedAst {
     last_used: AtomicU64,
 }
 
+/// ASTs compiled by [`Executor::check`] kept for the first run of their source.
+const MAX_CHECKED_KEPT: usize = 8;
+
+/// An AST a save's compile check produced, waiting for its first run.
+struct Checked {
+    source: Arc<str>,
+    ast: Arc<AST>,
+    bytes: usize,
+}
+
 /// Compiled ASTs by script, bounded by their measured size.
 #[derive(Default)]
 struct AstCache {
@@ -103,6 +113,8 @@ pub struct Executor {
     max_memory_bytes: usize,
     cache: RwLock<AstCache>,
     cache_capacity: usize,
+    /// ASTs of recent compile checks, handed to the first run of the same source.
+    checked: std::sync::Mutex<std::collections::VecDeque<Checked>>,
     /// A logical clock for least-recently-used eviction.
     uses: AtomicU64,
     compiles: AtomicU64,
@@ -130,6 +142,7 @@ impl Executor {
             max_memory_bytes: memory::DEFAULT_MAX_MEMORY_BYTES,
             cache: RwLock::new(AstCache::default()),
             cache_capacity: DEFAULT_AST_CACHE_BYTES,
+            checked: Default::default(),
             uses: AtomicU64::new(0),
             compiles: AtomicU64::new(0),
         }
@@ -231,13 +244,46 @@ impl Executor {
 
     /// Compiles `source` without running it, under the source size limit and
     /// the compile time bound; meant to run on the script pool.
+    ///
+    /// The compiled AST is kept for the first run of the same source, so a
+    /// script saved through this process is compiled once per version.
     pub fn check(&self, source: &str) -> Result<(), CheckError> {
         self.check_source_size(source.len())?;
+        let (ast, bytes) = self
+            .compile_measured(source)
+            .map_err(|err| CheckError::Compile(compile_error(&err, &self.limits)))?;
+        let mut checked = self.checked.lock().unwrap_or_else(PoisonError::into_inner);
+        if checked.len() == MAX_CHECKED_KEPT {
+            checked.pop_front();
+        }
+        checked.push_back(Checked {
+            source: source.into(),
+            ast: Arc::new(ast),
+            bytes,
+        });
+        Ok(())
+    }
+
+    /// Compiles under the compile deadline; also answers the bytes the AST
+    /// keeps (measured by the counting allocator, else estimated).
+    fn compile_measured(&self, source: &str) -> Result<(AST, usize), rhai::ParseError> {
         let _deadline = watchdog::arm(Instant::now().checked_add(self.limits.compile_timeout));
-        self.engine
-            .compile(source)
-            .map(drop)
-            .map_err(|err| CheckError::Compile(compile_error(&err, &self.limits)))
+        let before = memory::allocated_on_this_thread();
+        let ast = self.engine.compile(source)?;
+        let measured = memory::allocated_on_this_thread().wrapping_sub(before);
+        let bytes = if memory::is_installed() && measured < isize::MAX as usize {
+            measured.max(source.len())
+        } else {
+            source.len().saturating_mul(AST_BYTES_PER_SOURCE_BYTE)
+        };
+        Ok((ast, bytes))
+    }
+
+    /// The AST a recent [`Executor::check`] compiled from exactly `source`, if kept.
+    fn take_checked(&self, source: &str) -> Option<(Arc<AST>, usize)> {
+        let mut checked = self.checked.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = checked.iter().position(|c| &*c.source == source)?;
+        checked.remove(index).map(|c| (c.ast, c.bytes))
     }
 
     /// Refuses a source above `max_source_bytes` before anything reads it.
@@ -317,23 +363,16 @@ impl Executor {
                 ),
             });
         }
-        self.compiles.fetch_add(1, Ordering::Relaxed);
-        let _deadline = watchdog::arm(Instant::now().checked_add(self.limits.compile_timeout));
-        let before = memory::allocated_on_this_thread();
-        let ast = self
-            .engine
-            .compile(&*script.source)
-            .map_err(|err| compile_run_error(&err, &self.limits))?;
-        let measured = memory::allocated_on_this_thread().wrapping_sub(before);
-        let bytes = if memory::is_installed() && measured < isize::MAX as usize {
-            measured.max(script.source.len())
-        } else {
-            script
-                .source
-                .len()
-                .saturating_mul(AST_BYTES_PER_SOURCE_BYTE)
+        let (ast, bytes) = match self.take_checked(&script.source) {
+            Some(checked) => checked,
+            None => {
+                self.compiles.fetch_add(1, Ordering::Relaxed);
+                let (ast, bytes) = self
+                    .compile_measured(&script.source)
+                    .map_err(|err| compile_run_error(&err, &self.limits))?;
+                (Arc::new(ast), bytes)
+            }
         };
-        let ast = Arc::new(ast);
         self.insert(script, ast.clone(), bytes, tick);
         Ok(ast)
     }

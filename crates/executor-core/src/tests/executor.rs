@@ -242,3 +242,23 @@ fn exit_and_return_end_the_script_with_their_value() {
     assert_eq!(h.run("exit(7); 1").unwrap(), json!(7));
     assert_eq!(h.run("return #{ok: true}; 1").unwrap(), json!({"ok": true}));
 }
+
+#[test]
+fn a_checked_source_is_not_compiled_again_by_its_first_run() {
+    let h = Harness::new();
+    let source = "let x = 20; x * 2 + 2";
+    assert!(h.executor.check(source).is_ok());
+    let before = h.executor.compile_count();
+    assert_eq!(h.run(source).unwrap(), serde_json::json!(42));
+    assert_eq!(
+        h.executor.compile_count(),
+        before,
+        "the run reused the check's AST"
+    );
+    assert_eq!(h.run(source).unwrap(), serde_json::json!(42));
+    assert_eq!(
+        h.executor.compile_count(),
+        before + 1,
+        "a fresh script id compiles"
+    );
+}
