@@ -97,40 +97,29 @@ impl RunError {
                     at(pos)
                 ),
             ),
-            EvalAltResult::ErrorTerminated(token, _)
-                if token
+            EvalAltResult::ErrorTerminated(token, _) => {
+                match token
                     .as_immutable_string_ref()
-                    .is_ok_and(|t| t.as_str() == MEMORY_TOKEN) =>
-            {
-                limit(
-                    "max_memory_bytes",
-                    format!(
-                        "script exceeded the memory limit of {max_memory_bytes} bytes{}",
-                        at(pos)
+                    .as_deref()
+                    .map(|t| t.as_str())
+                {
+                    Ok(MEMORY_TOKEN) => limit(
+                        "max_memory_bytes",
+                        format!(
+                            "script exceeded the memory limit of {max_memory_bytes} bytes{}",
+                            at(pos)
+                        ),
                     ),
-                )
-            }
-            EvalAltResult::ErrorTerminated(token, _)
-                if token
-                    .as_immutable_string_ref()
-                    .is_ok_and(|t| t.as_str() == STRING_TOKEN) =>
-            {
-                limit(
-                    "max_string_bytes",
-                    format!(
-                        "a string exceeded the limit of {} bytes{}",
-                        limits.max_string_bytes,
-                        at(pos)
+                    Ok(STRING_TOKEN) => string_limit(limits, pos),
+                    _ => limit(
+                        "timeout",
+                        format!(
+                            "script exceeded the wall-clock timeout of {} ms",
+                            limits.timeout.as_millis()
+                        ),
                     ),
-                )
+                }
             }
-            EvalAltResult::ErrorTerminated(..) => limit(
-                "timeout",
-                format!(
-                    "script exceeded the wall-clock timeout of {} ms",
-                    limits.timeout.as_millis()
-                ),
-            ),
             EvalAltResult::ErrorStackOverflow(_) => limit(
                 "max_call_depth",
                 format!(
@@ -142,14 +131,7 @@ impl RunError {
             EvalAltResult::ErrorDataTooLarge(what, _) => {
                 let what = what.to_ascii_lowercase();
                 if what.contains("string") {
-                    limit(
-                        "max_string_bytes",
-                        format!(
-                            "a string exceeded the limit of {} bytes{}",
-                            limits.max_string_bytes,
-                            at(pos)
-                        ),
-                    )
+                    string_limit(limits, pos)
                 } else if what.contains("map") {
                     limit(
                         "max_map_items",
@@ -194,6 +176,17 @@ fn innermost(err: EvalAltResult) -> EvalAltResult {
         EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
         | EvalAltResult::ErrorInModule(_, inner, _) => innermost(*inner),
         other => other,
+    }
+}
+
+fn string_limit(limits: &SandboxLimits, pos: Position) -> RunError {
+    RunError::Limit {
+        limit: "max_string_bytes",
+        message: format!(
+            "a string exceeded the limit of {} bytes{}",
+            limits.max_string_bytes,
+            at(pos)
+        ),
     }
 }
 

@@ -8,7 +8,7 @@
 //!
 //! It knows nothing of Postgres or HTTP: storage is reached only through the
 //! service traits of `picloud-shared` (`Arc<dyn KvService>`), so everything
-//! here is testable with the in-memory fakes in [`testing`].
+//! here is testable with the in-memory fakes in `testing` (feature `testing`).
 //!
 //! # What a script sees
 //!
@@ -50,6 +50,7 @@ mod render;
 mod run_state;
 mod sandbox;
 mod sdk;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod watchdog;
 

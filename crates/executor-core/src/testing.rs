@@ -1,4 +1,5 @@
-//! In-memory fakes of the service traits, for tests and benchmarks.
+//! In-memory fakes of the service traits, and sources that stress the
+//! compiler, for tests and benchmarks (feature `testing`).
 //!
 //! They keep the same rules as the real services (names and keys validated
 //! through `picloud_shared::names`, value size limit, ordering and paging),
@@ -282,4 +283,15 @@ impl picloud_shared::secrets::SecretsService for MemorySecrets {
             })
             .collect())
     }
+}
+
+/// A source Rhai takes long to compile for its size: `lines` shadowing `let`s,
+/// each reading the first variable (about 250 ms of parsing for 40,000 lines in
+/// a debug build; Rhai's optimiser, which we turn off, took 40 s on it).
+pub fn slow_to_compile_source(lines: usize) -> String {
+    let mut source = String::from("let a = 0;\n");
+    for _ in 0..lines {
+        source.push_str("let b = a;\n");
+    }
+    source
 }

@@ -116,15 +116,6 @@ fn error_message(body: &Value) -> &str {
 const SHARED_MAP: &str = r#"let s = "x"; while s.len() < 1048576 { s += s; }
     let m = #{}; for i in 0..500 { m[`k${i}`] = s; }"#;
 
-/// A source the parser takes quadratic time on.
-fn quadratic_source(lines: usize) -> String {
-    let mut source = String::from("let a = 0;\n");
-    for _ in 0..lines {
-        source.push_str("let b = a;\n");
-    }
-    source
-}
-
 #[test]
 fn runaway_scripts_end_within_their_limits_and_the_server_keeps_serving() {
     let (_tmp, server, key) = start("sandbox");
@@ -234,7 +225,7 @@ fn runaway_scripts_end_within_their_limits_and_the_server_keeps_serving() {
     // Compile: two concurrent saves of a source that takes ~250 ms to parse in a
     // debug build stop at the compile bound; a source above the size limit is
     // refused unread.
-    let slow_source = quadratic_source(40_000);
+    let slow_source = picloud_executor_core::testing::slow_to_compile_source(40_000);
     let saves: Vec<_> = (0..2)
         .map(|n| {
             let (key, app, source) = (key.clone(), app.clone(), slow_source.clone());

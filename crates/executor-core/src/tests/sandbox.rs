@@ -415,16 +415,6 @@ fn kv_arguments_with_nul_are_invalid_arguments() {
     }
 }
 
-/// A source the parser takes quadratic time on: every `let` shadows, and each
-/// lookup of `a` scans all of them.
-fn quadratic_source(lines: usize) -> String {
-    let mut source = String::from("let a = 0;\n");
-    for _ in 0..lines {
-        source.push_str("let b = a;\n");
-    }
-    source
-}
-
 #[test]
 fn a_source_that_parses_fast_compiles_fast() {
     // 40,000 shadowing lets: Rhai's optimiser would take tens of seconds on
@@ -434,7 +424,10 @@ fn a_source_that_parses_fast_compiles_fast() {
         ..limits()
     });
     let started = Instant::now();
-    assert!(h.executor.check(&quadratic_source(40_000)).is_ok());
+    assert!(h
+        .executor
+        .check(&crate::testing::slow_to_compile_source(40_000))
+        .is_ok());
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",
@@ -449,7 +442,7 @@ fn compiling_stops_at_its_time_bound() {
         ..limits()
     });
     // About 250 ms of parsing in a debug build.
-    let source = quadratic_source(40_000);
+    let source = crate::testing::slow_to_compile_source(40_000);
     let started = Instant::now();
     let Err(picloud_shared::script::CheckError::Compile(err)) = h.executor.check(&source) else {
         panic!("expected a compile error");
@@ -498,7 +491,7 @@ fn the_ast_cache_stays_within_its_capacity() {
     )
     .with_ast_cache_bytes(CAPACITY);
     const CAPACITY: usize = 4 * 1024 * 1024;
-    let source = quadratic_source(2_000);
+    let source = crate::testing::slow_to_compile_source(2_000);
     for _ in 0..20 {
         let script = super::script(&source);
         let ctx = h.http(Value::Null, Vec::new());

@@ -68,6 +68,7 @@ async fn find_script(
     request_body(content = Object, description = "any JSON; becomes ctx.request.body (an empty body is null)"),
     responses((status = 200, description = "the script's return value as JSON", body = Object),
         (status = 500, description = "script_error or script_limit", body = ErrorBody),
+        (status = 503, description = "every script worker is busy (`unavailable`); retry after the `Retry-After` seconds", body = ErrorBody),
         (status = "4XX", body = ErrorBody)))]
 async fn invoke(
     State(st): State<AppState>,

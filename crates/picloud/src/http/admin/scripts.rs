@@ -39,7 +39,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[utoipa::path(post, path = "/api/v1/admin/apps/{app_id}/scripts", tag = "scripts",
     security(("bearer" = [])), params(("app_id" = Uuid, Path)), request_body = SaveScript,
     responses((status = 201, body = Script),
-        (status = 422, description = "validation_error or compile_error (with line and column)", body = ErrorBody),
+        (status = 413, description = "source above PICLOUD_SCRIPT_MAX_SOURCE_BYTES (`limit` in the body)", body = ErrorBody),
+        (status = 422, description = "validation_error or compile_error (with line and column; also a compile past its time bound)", body = ErrorBody),
+        (status = 503, description = "every script worker is busy", body = ErrorBody),
         (status = "4XX", body = ErrorBody)))]
 async fn create_script(
     State(st): State<AppState>,
@@ -93,7 +95,9 @@ async fn get_script(
     security(("bearer" = [])), params(("app_id" = Uuid, Path), ("script_id" = Uuid, Path)),
     request_body = SaveScript,
     responses((status = 200, body = Script),
-        (status = 422, description = "validation_error or compile_error (with line and column)", body = ErrorBody),
+        (status = 413, description = "source above PICLOUD_SCRIPT_MAX_SOURCE_BYTES (`limit` in the body)", body = ErrorBody),
+        (status = 422, description = "validation_error or compile_error (with line and column; also a compile past its time bound)", body = ErrorBody),
+        (status = 503, description = "every script worker is busy", body = ErrorBody),
         (status = "4XX", body = ErrorBody)))]
 async fn update_script(
     State(st): State<AppState>,
