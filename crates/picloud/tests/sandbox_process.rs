@@ -16,6 +16,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The tests here measure latency and peak memory of a real server: they run one
+/// at a time, so that one test's load does not count against another's bounds.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The run timeout of the server under test.
 const TIMEOUT: Duration = Duration::from_secs(4);
 /// What a runaway may take past its timeout: watchdog ticks, one slow
@@ -118,6 +128,7 @@ const SHARED_MAP: &str = r#"let s = "x"; while s.len() < 1048576 { s += s; }
 
 #[test]
 fn runaway_scripts_end_within_their_limits_and_the_server_keeps_serving() {
+    let _serial = serial();
     let (_tmp, server, key) = start("sandbox");
     let port = server.port;
     let pid = server.child.id();
@@ -304,6 +315,7 @@ fn runaway_scripts_end_within_their_limits_and_the_server_keeps_serving() {
 
 #[test]
 fn a_flood_of_slow_public_invokes_is_bounded_and_other_apps_still_run() {
+    let _serial = serial();
     let (_tmp, server, key) = start("flood");
     let port = server.port;
     let pid = server.child.id();
@@ -390,6 +402,7 @@ fn a_flood_of_slow_public_invokes_is_bounded_and_other_apps_still_run() {
 
 #[test]
 fn sigterm_exits_0_within_the_grace_period_while_a_script_still_runs() {
+    let _serial = serial();
     let (_tmp, data) = data_dir();
     let port = free_port();
     // The script may run a minute; the grace period is 2 s.
