@@ -63,6 +63,74 @@ impl NotJson {
     }
 }
 
+/// The array items and object entries a JSON text holds, counted in one pass
+/// over its bytes without building anything.
+///
+/// Why: a 2 MiB request body of `[[],[],…]` holds 700,000 arrays; parsed and
+/// converted it takes ~50 MB, only for the sandbox to refuse it at the first
+/// operation (nested items count against `max_array_items`). Counting first lets
+/// the HTTP layer refuse it for the price of a scan. Malformed JSON gives
+/// meaningless counts; it fails to parse afterwards anyway.
+pub fn json_container_items(text: &[u8]) -> (usize, usize) {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Array,
+        Object,
+    }
+    let (mut items, mut entries) = (0usize, 0usize);
+    // Open containers, and whether each has seen its first element yet.
+    let mut open: Vec<(Kind, bool)> = Vec::new();
+    let (mut in_string, mut escaped) = (false, false);
+    let mut count_element = |open: &mut Vec<(Kind, bool)>, first_only: bool| {
+        if let Some((kind, seen)) = open.last_mut() {
+            if first_only && *seen {
+                return;
+            }
+            *seen = true;
+            match kind {
+                Kind::Array => items += 1,
+                Kind::Object => entries += 1,
+            }
+        }
+    };
+    for &byte in text {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => {
+                // A key or a string value: in an object only keys open an entry.
+                count_element(&mut open, true);
+                in_string = true;
+            }
+            b'[' | b'{' => {
+                count_element(&mut open, true);
+                open.push((
+                    if byte == b'[' {
+                        Kind::Array
+                    } else {
+                        Kind::Object
+                    },
+                    false,
+                ));
+            }
+            b']' | b'}' => {
+                open.pop();
+            }
+            b',' => count_element(&mut open, false),
+            b' ' | b'\t' | b'\n' | b'\r' | b':' => {}
+            _ => count_element(&mut open, true),
+        }
+    }
+    (items, entries)
+}
+
 /// Converts a JSON value into a Rhai value, consuming it.
 pub(crate) fn json_to_dynamic(value: Value) -> Dynamic {
     match value {
@@ -174,15 +242,21 @@ fn to_json(value: &Dynamic, depth: usize, left: &mut usize) -> Result<Value, Not
         "a function pointer".to_string()
     } else if value.is_timestamp() {
         "a timestamp".to_string()
+    } else if value.is::<std::ops::Range<rhai::INT>>()
+        || value.is::<std::ops::RangeInclusive<rhai::INT>>()
+    {
+        "a range".to_string()
     } else {
         format!("a value of type {}", value.type_name())
     };
     Err(NotJson::new(format!("is {what}, which has no JSON form")))
 }
 
-/// `.key` for a path, cut to 64 characters so a huge key cannot bloat a message.
+/// `.key` for a path, cut to 64 characters so a huge key cannot bloat a
+/// message; scrubbed first, so the cut cannot leave part of a secret.
 fn key_segment(key: &str) -> String {
     const MAX: usize = 64;
+    let key = crate::run_state::scrub(key.to_owned());
     let mut segment = String::with_capacity(key.len().min(MAX) + 4);
     segment.push('.');
     segment.extend(key.chars().take(MAX));
@@ -235,6 +309,12 @@ mod tests {
     }
 
     #[test]
+    fn rust_type_names_stay_out_of_messages() {
+        let err = dynamic_to_json(&Dynamic::from(1..2 as rhai::INT), 100).unwrap_err();
+        assert_eq!(err.describe("v"), "v is a range, which has no JSON form");
+    }
+
+    #[test]
     fn nesting_is_bounded() {
         let mut value = Dynamic::UNIT;
         for _ in 0..=MAX_JSON_DEPTH {
@@ -242,6 +322,20 @@ mod tests {
         }
         let err = dynamic_to_json(&value, 1 << 20).unwrap_err();
         assert!(err.describe("v").contains("nests deeper than 128 levels"));
+    }
+
+    #[test]
+    fn container_items_are_counted_without_parsing() {
+        assert_eq!(json_container_items(br#"null"#), (0, 0));
+        assert_eq!(json_container_items(br#"[]"#), (0, 0));
+        assert_eq!(json_container_items(br#"[1, "a,[", [], {}]"#), (4, 0));
+        assert_eq!(
+            json_container_items(br#"{"a": [1, 2], "b\"": {"c": null}}"#),
+            (2, 3)
+        );
+        assert_eq!(json_container_items(br#"[[[1]], [[2, 3]]]"#), (7, 0));
+        let body = format!("[{}[]]", "[],".repeat(700_000));
+        assert_eq!(json_container_items(body.as_bytes()), (700_001, 0));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! position; Rhai's multi-line call traces and Rust debug output never reach
 //! a caller.
 
-use crate::render::render;
+use crate::render::{render, single_line};
+use crate::run_state::scrub_margin;
 use crate::sandbox::{COMPILE_TIMEOUT_MARK, MEMORY_TOKEN, STRING_TOKEN};
 use crate::SandboxLimits;
 use picloud_shared::script::CompileError;
@@ -59,20 +60,8 @@ impl RunError {
         }
     }
 
-    /// The same error with every value of `revealed` replaced (see `run_state::scrub`).
-    pub(crate) fn scrubbed(self, revealed: &[String]) -> Self {
-        if revealed.is_empty() {
-            return self;
-        }
-        match self {
-            RunError::Script { message } => RunError::Script {
-                message: crate::run_state::scrub_with(revealed, message),
-            },
-            limit @ RunError::Limit { .. } => limit,
-        }
-    }
-
-    /// A script error: `body`, made one bounded line, then the position.
+    /// A script error: `body`, made one bounded line (scrubbed of the run's
+    /// secret values), then the position.
     pub(crate) fn script_at(body: String, pos: Position) -> Self {
         RunError::Script {
             message: format!("{}{}", one_line(body), at(pos)),
@@ -242,28 +231,31 @@ fn at(pos: Position) -> String {
 fn thrown_message(value: &Dynamic) -> String {
     if let Ok(map) = value.as_map_ref() {
         if let (Some(kind), Some(message)) = (map.get("kind"), map.get("message")) {
-            let kind = render(kind, MAX_MESSAGE_CHARS).text;
-            let message = render(message, MAX_MESSAGE_CHARS * 4).text;
+            let kind = render(kind, MAX_MESSAGE_CHARS + scrub_margin()).text;
+            let message = render(message, MAX_MESSAGE_CHARS * 4 + scrub_margin()).text;
             return format!("{kind}: {message}");
         }
     }
     if value.is_unit() {
         return "script threw ()".to_string();
     }
-    // A thrown value can be a huge (or hugely shared) container: write only what is kept.
-    render(value, MAX_MESSAGE_CHARS * 4).text
+    // A thrown value can be a huge (or hugely shared) container: write only what
+    // is kept, and enough more that a secret at the cut is still whole for scrubbing.
+    render(value, MAX_MESSAGE_CHARS * 4 + scrub_margin()).text
 }
 
-/// Control characters become spaces and the text is cut to [`MAX_MESSAGE_CHARS`].
+/// The one way a message is finished: values the run got from `secrets::get`
+/// replaced (first, so neither of the next steps can hide a secret from it),
+/// control characters made spaces, the text cut to [`MAX_MESSAGE_CHARS`].
 fn one_line(message: String) -> String {
+    let message = crate::run_state::scrub(message);
     let needs_work = message.len() > MAX_MESSAGE_CHARS || message.chars().any(char::is_control);
     if !needs_work {
         return message;
     }
-    let mut out: String = message
+    let mut out: String = single_line(&message)
         .chars()
         .take(MAX_MESSAGE_CHARS)
-        .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     if message.chars().nth(MAX_MESSAGE_CHARS).is_some() {
         out.push('…');

@@ -46,6 +46,7 @@ mod executor;
 mod limits;
 pub mod memory;
 pub mod pool;
+mod reclaim;
 mod render;
 mod run_state;
 mod sandbox;
@@ -55,6 +56,7 @@ pub mod testing;
 mod watchdog;
 
 pub use compiler::PooledCompiler;
+pub use convert::json_container_items;
 pub use error::RunError;
 pub use executor::{
     Executor, RequestInfo, RunContext, ScriptHandle, Services, DEFAULT_AST_CACHE_BYTES,

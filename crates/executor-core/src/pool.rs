@@ -19,14 +19,16 @@
 //!   wait timed out) is removed from the queue and never runs.
 //!
 //! Workers are plain threads the process does not join: at shutdown a script
-//! still running past the grace period does not hold the process.
+//! still running past the grace period does not hold the process. After a
+//! long job a worker gives the memory it touched back (see `reclaim`).
 
+use crate::reclaim;
 use picloud_shared::ids::AppId;
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 
 /// How a submitter waits for a worker.
@@ -175,7 +177,9 @@ impl ScriptPool {
     {
         let (tx, rx) = oneshot::channel();
         let work: Work = Box::new(move || {
+            let started = Instant::now();
             let result = std::panic::catch_unwind(AssertUnwindSafe(job));
+            reclaim::after_job(started.elapsed());
             let _ = tx.send(result.map_err(|_| PoolError::Failed));
         });
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);

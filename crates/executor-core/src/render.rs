@@ -46,6 +46,19 @@ pub(crate) fn render(value: &Dynamic, budget: usize) -> Rendered {
     }
 }
 
+/// `text` with every control character (newlines included) made a space: error
+/// messages and log lines are single lines, and a script must not forge log lines.
+pub(crate) fn single_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 struct Budgeted {
     text: String,
     budget: usize,

@@ -69,13 +69,50 @@ pub(crate) fn reveal(value: &serde_json::Value) {
             texts.push(value.to_string());
         }
         for text in texts {
-            if text.chars().count() >= MIN_SCRUBBED_CHARS && !run.revealed.contains(&text) {
-                run.revealed.push(text);
+            if text.chars().count() < MIN_SCRUBBED_CHARS {
+                continue;
+            }
+            for form in written_forms(&text) {
+                if !run.revealed.contains(&form) {
+                    run.revealed.push(form);
+                }
             }
         }
         // Longest first, so a secret containing another is replaced whole.
         run.revealed.sort_by_key(|t| std::cmp::Reverse(t.len()));
     });
+}
+
+/// The ways a text can be written into a message: as is, with control
+/// characters made spaces (error messages and log lines are single lines),
+/// escaped as Rhai's and Rust's debug form do (`to_debug`, strings inside
+/// containers), and escaped as JSON.
+fn written_forms(text: &str) -> Vec<String> {
+    let quoted_only = text.replace('\\', "\\\\").replace('"', "\\\"");
+    let debug = text.escape_debug().to_string();
+    let json = serde_json::to_string(text).unwrap_or_default();
+    let json = json
+        .strip_prefix('"')
+        .and_then(|j| j.strip_suffix('"'))
+        .unwrap_or_default()
+        .to_owned();
+    let mut forms: Vec<String> = Vec::new();
+    for form in [text.to_owned(), quoted_only, debug, json] {
+        let spaced = crate::render::single_line(&form).into_owned();
+        for form in [form, spaced] {
+            if !form.is_empty() && !forms.contains(&form) {
+                forms.push(form);
+            }
+        }
+    }
+    forms
+}
+
+/// The longest text form of a revealed value, in bytes: text meant to be cut
+/// at a budget is written this much longer, scrubbed, then cut, so a cut can
+/// never fall inside a secret and leave a prefix of it.
+pub(crate) fn scrub_margin() -> usize {
+    with_current(|run| run.revealed.first().map_or(0, String::len)).unwrap_or(0)
 }
 
 fn collect_texts(value: &serde_json::Value, out: &mut Vec<String>) {
@@ -181,5 +218,22 @@ mod tests {
         let text = scrub("bad 'hunter2-SECRET' for admin (123456), ab".into());
         assert_eq!(text, "bad '[redacted]' for [redacted] ([redacted]), ab");
         assert_eq!(scrub("hunter2".into()), "[redacted]");
+        // The longest written form: the escaped JSON of the object.
+        assert!(scrub_margin() > r#"{"pin":123456,"user":"admin","x":"ab"}"#.len());
+    }
+
+    #[test]
+    fn escaped_and_single_line_forms_are_scrubbed_too() {
+        let _run = enter(state("s"));
+        reveal(&serde_json::json!("line1\nq\"b\\-SECRET"));
+        for written in [
+            "line1\nq\"b\\-SECRET",
+            "line1 q\"b\\-SECRET",
+            r#"line1\nq\"b\\-SECRET"#,
+            "line1 q\\\"b\\\\-SECRET",
+        ] {
+            let text = scrub(format!("<{written}>"));
+            assert_eq!(text, "<[redacted]>", "{written}");
+        }
     }
 }

@@ -297,3 +297,43 @@ fn chunked(
     }
     Chunks(bytes.chunks(8192).map(<[u8]>::to_vec).collect())
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_body_with_more_items_than_a_script_may_hold_is_413_before_it_runs(pool: PgPool) {
+    let mut config = support::test_config();
+    config.limits.max_array_items = 1_000;
+    config.limits.max_map_items = 1_000;
+    let t = TestApp::with_config(pool, config).await;
+    let app = t.create_app("a").await;
+    t.create_script(&app, "keep", r#"kv::set("c", "k", 1); 1"#, true)
+        .await;
+
+    let arrays = Value::Array(vec![json!([]); 1_001]);
+    let (status, body) = t.invoke(&app, "keep", arrays).await;
+    let message = assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    assert!(message.contains("1001 array items"), "{message}");
+    assert_eq!(
+        (
+            body["error"]["limit"].clone(),
+            body["error"]["actual"].clone()
+        ),
+        (json!(1000), json!(1001))
+    );
+
+    let entries: serde_json::Map<String, Value> =
+        (0..1_001).map(|i| (format!("k{i}"), json!(i))).collect();
+    let (status, body) = t.invoke(&app, "keep", Value::Object(entries)).await;
+    let message = assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    assert!(message.contains("1001 object entries"), "{message}");
+
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM kv_entries")
+        .fetch_one(&t.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "the script never ran");
+    // At the limit it runs.
+    let (status, _) = t
+        .invoke(&app, "keep", Value::Array(vec![json!(1); 1_000]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}

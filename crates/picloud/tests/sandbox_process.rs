@@ -137,6 +137,7 @@ fn runaway_scripts_end_within_their_limits_and_the_server_keeps_serving() {
 
     // Memory: deep nesting, a hugely shared value converted every way, replace.
     let hwm_before = proc_status(pid, "VmHWM");
+    let rss_before = proc_status(pid, "VmRSS");
     let (status, body, _) = run_script(
         port,
         &key,
@@ -195,6 +196,12 @@ fn runaway_scripts_end_within_their_limits_and_the_server_keeps_serving() {
         "let f = || 1; loop { let g = f; f = || g.call(); }",
     );
     assert_eq!((status, error_code(&body)), (500, "script_limit"), "{body}");
+    // The hundreds of MB of stack its drop touched (and the freed heap) are given back.
+    let rss_grown_kib = proc_status(pid, "VmRSS").saturating_sub(rss_before);
+    assert!(
+        rss_grown_kib < 200 * 1024,
+        "RSS stayed {rss_grown_kib} KiB above the start"
+    );
 
     // Time: no sleep; a comparator that never returns; slow single operations.
     for (name, source) in [
@@ -297,6 +304,54 @@ fn runaway_scripts_end_within_their_limits_and_the_server_keeps_serving() {
         assert!(!detail.contains("hunter2"), "{detail}");
         assert!(detail.contains("[redacted]"), "{detail}");
     }
+    // Secrets that a message would escape, make single-line, or cut.
+    for (name, value) in [("nl", "line1\nNLSECRET"), ("qq", "ab\"cd\\ef-Q2SECRET")] {
+        let body = serde_json::json!({ "name": name, "value": value }).to_string();
+        let (status, out) = http(
+            port,
+            "POST",
+            &format!("/api/v1/admin/apps/{app}/secrets"),
+            Some(&key),
+            Some(&body),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{out}");
+    }
+    for (name, source) in [
+        (
+            "leak_nl",
+            r#"let s = secrets::get("nl"); log::warn(s); log::info([s]); throw s"#,
+        ),
+        (
+            "leak_qq",
+            r#"let s = secrets::get("qq"); log::warn([s]); log::info(#{k: s}); throw [s]"#,
+        ),
+        (
+            "leak_cut",
+            r#"let s = secrets::get("db_password"); let p = "x"; p.pad(4085, "x"); log::info(p + s); let q = "x"; q.pad(987, "x"); throw q + s"#,
+        ),
+    ] {
+        let (status, out) = save_script(port, &key, &app, name, source, true);
+        assert_eq!(status, 201, "{out}");
+        let path = format!("/api/v1/apps/{app}/invoke/{name}");
+        for caller in [None, Some(key.as_str())] {
+            let (status, detail) = http(port, "POST", &path, caller, Some("null")).unwrap();
+            assert_eq!(status, 500, "{detail}");
+            for shown in ["NLSECRET", "Q2SECRET", "hunter"] {
+                assert!(!detail.contains(shown), "{name}: {detail}");
+            }
+        }
+    }
+    // A script cannot forge a log line.
+    let (status, _, _) = run_script(
+        port,
+        &key,
+        &app,
+        "forge",
+        r#"log::warn("a\nFORGED picloud line"); 1"#,
+    );
+    assert_eq!(status, 200);
+
     let (status, body, _) = run_script(port, &key, &app, "nul", r#"kv::list("c", "a\x00b")"#);
     assert_eq!((status, error_code(&body)), (500, "script_error"), "{body}");
     assert!(error_message(&body).contains("invalid_argument"), "{body}");
@@ -304,7 +359,16 @@ fn runaway_scripts_end_within_their_limits_and_the_server_keeps_serving() {
     assert!(health.finish() < 1000, "/healthz was slow or failed");
     let (code, logs) = server.stop(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(code, 0, "{logs}");
-    assert!(!logs.contains("hunter2"), "a secret value reached the log");
+    for shown in ["hunter", "NLSECRET", "Q2SECRET"] {
+        assert!(
+            !logs.contains(shown),
+            "a secret value reached the log: {shown}"
+        );
+    }
+    assert!(
+        !logs.lines().any(|line| line.starts_with("FORGED")),
+        "a script wrote a line of its own into the log"
+    );
     assert!(
         logs.contains("[redacted]"),
         "the scrubbed log line is there"

@@ -8,7 +8,7 @@
 //! from `secrets::get` are scrubbed from every line.
 
 use super::SdkResult;
-use crate::render::render;
+use crate::render::{render, single_line};
 use crate::run_state::{self, RunState};
 use rhai::{Dynamic, Module};
 
@@ -40,8 +40,11 @@ pub(crate) fn print(text: &str) {
 fn emit_dynamic(level: Level, msg: &Dynamic) -> SdkResult<()> {
     match msg.as_immutable_string_ref() {
         Ok(text) => emit(level, text.as_str()),
-        // Four bytes per kept character at most.
-        Err(_) => emit(level, &render(msg, MAX_LOG_CHARS * 4).text),
+        // Four bytes per kept character at most, and room for a secret at the cut.
+        Err(_) => emit(
+            level,
+            &render(msg, MAX_LOG_CHARS * 4 + run_state::scrub_margin()).text,
+        ),
     }
     Ok(())
 }
@@ -56,7 +59,9 @@ fn emit(level: Level, text: &str) {
     if !enabled {
         return;
     }
-    let text = run_state::scrub(truncate(text).into_owned());
+    // Scrubbed before the cut (a cut secret would no longer match), one line after.
+    let scrubbed = run_state::scrub(text.to_owned());
+    let text = single_line(&truncate(&scrubbed)).into_owned();
     let (app_id, script, trigger) = run_state::with_current(|run: &RunState| {
         (run.app_id.to_string(), run.script_name.clone(), run.trigger)
     })

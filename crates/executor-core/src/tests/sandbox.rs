@@ -403,6 +403,55 @@ fn secret_values_never_appear_in_the_error_of_their_run() {
 }
 
 #[test]
+fn secrets_with_control_characters_quotes_or_at_a_cut_stay_hidden() {
+    let h = Harness::new();
+    // Each secret ends in a marker; no message may show the part before it.
+    for (secret, tail) in [
+        (
+            r#""line1
+NLSECRET""#,
+            "throw s",
+        ),
+        (
+            r#""line1
+NLSECRET""#,
+            "parse_int(s)",
+        ),
+        (r#""tab	here SPSECRET""#, "let m = #{}; m[s] = || 1; m"),
+        (r#""ab"cd\ef-Q2SECRET""#, "throw [s]"),
+        (r#""ab"cd\ef-Q2SECRET""#, "throw #{x: s}"),
+        (r#""ab"cd\ef-Q2SECRET""#, "throw `${[s]}`"),
+        (r#""ab"cd\ef-Q2SECRET""#, "throw s.to_debug()"),
+        (
+            r#""q"and
+nl-QNSECRET""#,
+            "throw [s]",
+        ),
+        // The message is cut at 1,000 characters: the cut must not leave a prefix.
+        (
+            r#""hunter2-SECRET""#,
+            r#"let p = "x"; p.pad(987, "x"); throw p + s"#,
+        ),
+        (
+            r#""hunter2-SECRET""#,
+            r#"let p = "x"; p.pad(3995, "x"); throw p + s"#,
+        ),
+        (
+            r#""hunter2-SECRET""#,
+            r#"let p = "x"; p.pad(3995, "x"); throw [p + s]"#,
+        ),
+    ] {
+        let source = format!(r#"secrets::set("pw", {secret}); let s = secrets::get("pw"); {tail}"#);
+        let message = script_error(h.run(&source));
+        for shown in [
+            "NLSECRET", "SPSECRET", "Q2SECRET", "QNSECRET", "hunter2", "hunter",
+        ] {
+            assert!(!message.contains(shown), "{secret} / {tail}: {message}");
+        }
+    }
+}
+
+#[test]
 fn kv_arguments_with_nul_are_invalid_arguments() {
     let h = Harness::new();
     for call in [
@@ -433,6 +482,26 @@ fn a_source_that_parses_fast_compiles_fast() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn a_compile_longer_than_the_run_timeout_is_cached_and_the_next_run_is_quick() {
+    let h = Harness::with_limits(SandboxLimits {
+        timeout: Duration::from_millis(20),
+        compile_timeout: Duration::from_secs(60),
+        ..limits()
+    });
+    let mut source = crate::testing::slow_to_compile_source(40_000);
+    source.push_str("42");
+    let script = super::script(&source);
+    let first = h.executor.run(&script, h.http(Value::Null, Vec::new()));
+    assert_eq!(
+        first.unwrap_err().limit(),
+        Some("timeout"),
+        "named after the run's limit"
+    );
+    let second = h.executor.run(&script, h.http(Value::Null, Vec::new()));
+    assert_eq!(second.unwrap(), json!(42), "the compiled version was kept");
 }
 
 #[test]

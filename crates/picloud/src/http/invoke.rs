@@ -19,7 +19,7 @@ use axum::{
     http::{header, HeaderMap},
     Json,
 };
-use picloud_executor_core::{Admission, RequestInfo, RunContext, RunError};
+use picloud_executor_core::{json_container_items, Admission, RequestInfo, RunContext, RunError};
 use picloud_shared::{auth::Capability, ids::AppId};
 use serde_json::Value;
 use std::{sync::Arc, time::Instant};
@@ -40,6 +40,29 @@ fn script_headers(headers: &HeaderMap) -> Vec<(String, String)> {
             Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
         })
         .collect()
+}
+
+/// A body with more array items or object entries than a script may hold
+/// would be refused by the sandbox at its first operation, after costing many
+/// times its size in memory: refuse it before parsing (413, with the limit).
+fn refuse_more_items_than_scripts_hold(bytes: &[u8], st: &AppState) -> Result<(), ApiError> {
+    let limits = &st.config.limits;
+    let (items, entries) = json_container_items(bytes);
+    for (what, count, limit) in [
+        ("array items", items, limits.max_array_items),
+        ("object entries", entries, limits.max_map_items),
+    ] {
+        if limit != 0 && count > limit {
+            return Err(ApiError::TooLarge {
+                message: format!(
+                    "the request body holds {count} {what}; a script may hold at most {limit}"
+                ),
+                limit: Some(limit),
+                actual: Some(count),
+            });
+        }
+    }
+    Ok(())
 }
 
 async fn find_script(
@@ -96,6 +119,7 @@ async fn invoke(
     };
     let headers = script_headers(&parts.headers);
     let bytes = read_body(Request::from_parts(parts, body), &()).await?;
+    refuse_more_items_than_scripts_hold(&bytes, &st)?;
     let body = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
