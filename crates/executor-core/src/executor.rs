@@ -158,11 +158,11 @@ impl Executor {
         script: &ScriptHandle,
         ctx: RunContext,
     ) -> Result<serde_json::Value, RunError> {
-        // The run's time counts from here, compiling included; a compile is
-        // bounded by its own limit only, so a slow first compile still lands in
-        // the cache and the next run of the version is fast.
-        let deadline = Instant::now().checked_add(self.limits.timeout);
+        // A compile (rare at run time: saves compile, and hand their AST to the
+        // first run) has its own bound; the run's clock starts after it, so a
+        // slow compile neither fails the run that paid for it nor is lost.
         let ast = self.ast_for(script)?;
+        let deadline = Instant::now().checked_add(self.limits.timeout);
         let state = RunState {
             app_id: ctx.app_id,
             script_name: script.name.clone(),

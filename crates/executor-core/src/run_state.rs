@@ -53,9 +53,11 @@ pub(crate) fn pending_limit() -> Option<&'static str> {
     PENDING_LIMIT.try_with(Cell::get).ok().flatten()
 }
 
-/// Remembers the text forms of a value from `secrets::get`: the whole JSON
-/// and every string or number inside it.
-pub(crate) fn reveal(value: &serde_json::Value) {
+/// Remembers the text forms of a value from `secrets::get`: `value` as the
+/// service returned it and `held` as the script holds it (big integers become
+/// floats, which Rhai writes in its own way): every leaf, every object key,
+/// and the whole value as JSON and as Rhai displays it.
+pub(crate) fn reveal(value: &serde_json::Value, held: &rhai::Dynamic) {
     let _ = CURRENT.try_with(|current| {
         let Ok(mut current) = current.try_borrow_mut() else {
             return;
@@ -65,6 +67,7 @@ pub(crate) fn reveal(value: &serde_json::Value) {
         };
         let mut texts = Vec::new();
         collect_texts(value, &mut texts);
+        collect_held_texts(held, &mut texts);
         if !value.is_string() {
             texts.push(value.to_string());
         }
@@ -83,13 +86,46 @@ pub(crate) fn reveal(value: &serde_json::Value) {
     });
 }
 
+/// The value as the script holds it: every container whole, as
+/// `to_string`/`print`/`throw` and `to_json` write it, and every scalar in
+/// Rhai's display and debug forms and, for floats, as JSON writes them.
+fn collect_held_texts(held: &rhai::Dynamic, out: &mut Vec<String>) {
+    let is_container = held.is_array() || held.is_map();
+    if is_container {
+        out.push(crate::render::render(held, usize::MAX).text);
+        if let Ok(json) = crate::convert::dynamic_to_json(held, usize::MAX) {
+            out.push(json.to_string());
+        }
+    }
+    if let Ok(items) = held.as_array_ref() {
+        items.iter().for_each(|item| collect_held_texts(item, out));
+    } else if let Ok(map) = held.as_map_ref() {
+        map.values().for_each(|item| collect_held_texts(item, out));
+    } else if !held.is_string() && !held.is_unit() {
+        out.push(format!("{held}"));
+        out.push(format!("{held:?}"));
+        if let Ok(f) = held.as_float() {
+            if let Some(n) = serde_json::Number::from_f64(f) {
+                out.push(n.to_string());
+            }
+        }
+    }
+}
+
 /// The ways a text can be written into a message: as is, with control
 /// characters made spaces (error messages and log lines are single lines),
 /// escaped as Rhai's and Rust's debug form do (`to_debug`, strings inside
 /// containers), and escaped as JSON.
 fn written_forms(text: &str) -> Vec<String> {
     let quoted_only = text.replace('\\', "\\\\").replace('"', "\\\"");
-    let debug = text.escape_debug().to_string();
+    // Rust's `{:?}` (which Rhai's `to_debug` uses) escapes more than
+    // `str::escape_debug` does: every combining mark, not only a leading one.
+    let debug = format!("{text:?}");
+    let debug = debug
+        .strip_prefix('"')
+        .and_then(|d| d.strip_suffix('"'))
+        .unwrap_or_default()
+        .to_owned();
     let json = serde_json::to_string(text).unwrap_or_default();
     let json = json
         .strip_prefix('"')
@@ -120,7 +156,12 @@ fn collect_texts(value: &serde_json::Value, out: &mut Vec<String>) {
         serde_json::Value::String(s) => out.push(s.clone()),
         serde_json::Value::Number(n) => out.push(n.to_string()),
         serde_json::Value::Array(items) => items.iter().for_each(|v| collect_texts(v, out)),
-        serde_json::Value::Object(fields) => fields.values().for_each(|v| collect_texts(v, out)),
+        serde_json::Value::Object(fields) => {
+            for (key, v) in fields {
+                out.push(key.clone());
+                collect_texts(v, out);
+            }
+        }
         serde_json::Value::Bool(_) | serde_json::Value::Null => {}
     }
 }
@@ -190,6 +231,10 @@ mod tests {
         }
     }
 
+    fn reveal_json(value: serde_json::Value) {
+        reveal(&value, &crate::convert::json_to_dynamic(value.clone()));
+    }
+
     #[test]
     fn guards_nest_and_restore() {
         assert!(with_current(|_| ()).is_none());
@@ -212,20 +257,44 @@ mod tests {
     #[test]
     fn revealed_values_are_scrubbed_longest_first() {
         let _run = enter(state("s"));
-        reveal(&serde_json::json!("hunter2-SECRET"));
-        reveal(&serde_json::json!({"user": "admin", "pin": 123456, "x": "ab"}));
-        reveal(&serde_json::json!("hunter2"));
+        reveal_json(serde_json::json!("hunter2-SECRET"));
+        reveal_json(serde_json::json!({"user": "admin", "pin": 123456, "x": "ab"}));
+        reveal_json(serde_json::json!("hunter2"));
         let text = scrub("bad 'hunter2-SECRET' for admin (123456), ab".into());
         assert_eq!(text, "bad '[redacted]' for [redacted] ([redacted]), ab");
+        assert_eq!(
+            scrub("user 1234".into()),
+            "[redacted] 1234",
+            "object keys too"
+        );
         assert_eq!(scrub("hunter2".into()), "[redacted]");
         // The longest written form: the escaped JSON of the object.
         assert!(scrub_margin() > r#"{"pin":123456,"user":"admin","x":"ab"}"#.len());
     }
 
     #[test]
+    fn numbers_and_containers_in_the_forms_rhai_writes_are_scrubbed() {
+        let _run = enter(state("s"));
+        reveal_json(
+            serde_json::json!({"n": 12345678901234567890u64, "f": 1e20, "list": [12, 34, 56]}),
+        );
+        for written in [
+            "1.2345678901234567e19",
+            "1.2345678901234567e+19",
+            "1e20",
+            "[12, 34, 56]",
+        ] {
+            let text = scrub(format!("<{written}>"));
+            assert!(!text.contains(written), "{written}: {text}");
+        }
+        reveal_json(serde_json::json!("ZQXWe\u{301}KVJP"));
+        assert_eq!(scrub(r#"<ZQXWe\u{301}KVJP>"#.into()), "<[redacted]>");
+    }
+
+    #[test]
     fn escaped_and_single_line_forms_are_scrubbed_too() {
         let _run = enter(state("s"));
-        reveal(&serde_json::json!("line1\nq\"b\\-SECRET"));
+        reveal_json(serde_json::json!("line1\nq\"b\\-SECRET"));
         for written in [
             "line1\nq\"b\\-SECRET",
             "line1 q\"b\\-SECRET",

@@ -43,12 +43,13 @@ fn get(env: &SdkEnv, pos: Position, name: Dynamic) -> SdkResult<Dynamic> {
     let name = string_arg(F, "name", name, pos)?;
     let run = current_run(pos)?;
     let call = env.services.secrets.get(run.app_id, &name);
-    let value = block_on(env, &run, pos, F, call)?;
+    let Some(value) = block_on(env, &run, pos, F, call)? else {
+        return Ok(Dynamic::UNIT);
+    };
+    let held = json_to_dynamic(value.clone());
     // From here on this run's messages are scrubbed of the value.
-    if let Some(value) = &value {
-        run_state::reveal(value);
-    }
-    Ok(value.map_or(Dynamic::UNIT, json_to_dynamic))
+    run_state::reveal(&value, &held);
+    Ok(held)
 }
 
 fn set(env: &SdkEnv, pos: Position, name: Dynamic, value: Dynamic) -> SdkResult<()> {
