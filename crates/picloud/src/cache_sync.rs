@@ -17,6 +17,7 @@ use picloud_executor_core::Executor;
 use picloud_shared::ids::{ApiKeyId, AppId, ScriptId};
 use serde::Deserialize;
 use sqlx::{postgres::PgListener, Executor as _, PgPool};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::{sync::Arc, time::Duration};
 
 /// The notification channel the triggers of migration `0003_cache_notify` use.
@@ -58,6 +59,9 @@ pub struct Caches {
     pub scripts: ScriptCache,
     /// Compiled scripts by (id, version): dropped only to free memory.
     pub executor: Arc<Executor>,
+    /// Times every cache was cleared to start over on notifications (a
+    /// listening session began, or its connection came back).
+    pub resyncs: Arc<AtomicU64>,
 }
 
 impl Caches {
@@ -74,6 +78,18 @@ impl Caches {
             Invalidation::App { app_id } => self.scripts.remove_app(*app_id),
             Invalidation::All => self.clear(),
         }
+    }
+
+    /// How many times the caches started over on notifications: once it grows,
+    /// what is loaded stays cached until a notification says otherwise.
+    pub fn resync_count(&self) -> u64 {
+        self.resyncs.load(Ordering::SeqCst)
+    }
+
+    /// Clears every cache because notifications may have been missed, and counts it.
+    fn resynced(&self) {
+        self.clear();
+        self.resyncs.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Drops everything: for when notifications may have been missed.
@@ -118,7 +134,7 @@ async fn listen_once(pool: &PgPool, caches: &Caches) -> Result<(), sqlx::Error> 
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(CHANNEL).await?;
     // Anything cached before listening began may already be stale.
-    caches.clear();
+    caches.resynced();
     tracing::debug!(channel = CHANNEL, "listening for cache invalidations");
     loop {
         let next = match tokio::time::timeout(PROBE_INTERVAL, listener.try_recv()).await {
@@ -133,7 +149,7 @@ async fn listen_once(pool: &PgPool, caches: &Caches) -> Result<(), sqlx::Error> 
             None => {
                 // The connection was lost and re-established: changes may have gone by.
                 tracing::warn!("cache notification connection lost; clearing every cache");
-                caches.clear();
+                caches.resynced();
             }
         }
     }

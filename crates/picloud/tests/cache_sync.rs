@@ -57,6 +57,16 @@ async fn listener_pid(pool: &PgPool, not: Option<i32>) -> i32 {
     }
 }
 
+/// Waits until `caches` have started over on notifications `n` times (each time
+/// clears every cache, so a load made before it may not stay cached).
+async fn resynced(caches: &cache_sync::Caches, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while caches.resync_count() < n {
+        assert!(Instant::now() < deadline, "resync {n} never happened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn put_script(t: &TestApp, app: &str, script: &str, name: &str, source: &str) {
     let (status, body) = t
         .admin(
@@ -115,6 +125,7 @@ async fn changes_through_one_process_reach_the_caches_of_another(pool: PgPool) {
     // B starts listening: what it cached before is dropped.
     let listener = tokio::spawn(cache_sync::listen(pool.clone(), caches));
     let first_pid = listener_pid(&pool, None).await;
+    resynced(&b_caches, 1).await;
     eventually(&b, &caller, &invoke, (StatusCode::OK, json!(2))).await;
 
     // From now on each change arrives by notification; B has cached what it changes.
@@ -145,6 +156,9 @@ async fn changes_through_one_process_reach_the_caches_of_another(pool: PgPool) {
         .await
         .unwrap();
     listener_pid(&pool, Some(first_pid)).await;
+    // Losing the connection clears every cache (once or twice, by the path the
+    // failure takes): wait for the last clear before loading again.
+    resynced(&b_caches, 2).await;
     assert_eq!(call(renamed.clone()).await, (StatusCode::OK, json!(5)));
     assert!(b_caches.scripts.get(app_id, "renamed").is_some());
     put_script(&a, &app, &script, "renamed", "6").await;

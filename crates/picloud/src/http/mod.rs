@@ -134,6 +134,7 @@ pub fn build_app_with_caches(
             auth: auth::AuthCache::new(api_keys.clone()),
             scripts: ScriptCache::default(),
             executor: executor.clone(),
+            resyncs: Arc::default(),
         },
         api_keys,
         secrets,
