@@ -18,6 +18,10 @@
 //! - **Cancellation.** A job whose submitter went away (a client hung up, the
 //!   wait timed out) is removed from the queue and never runs.
 //!
+//! - **Priority.** Workers run at a nice value 10 above the process, so
+//!   CPU-bound scripts cannot starve the async runtime (health checks, admin
+//!   calls, other requests' I/O) on a small machine.
+//!
 //! Workers are plain threads the process does not join: at shutdown a script
 //! still running past the grace period does not hold the process. After a
 //! long job a worker gives the memory it touched back (see `reclaim`).
@@ -275,6 +279,7 @@ impl Inner {
 
     /// A worker's life: take the oldest eligible job, run it, repeat.
     fn work(&self) {
+        lower_this_threads_priority();
         loop {
             let job = {
                 let mut state = self.lock();
@@ -309,6 +314,39 @@ impl Inner {
                 self.work_ready.notify_all();
             }
         }
+    }
+}
+
+/// How much nicer than the rest of the process script threads run.
+const SCRIPT_NICENESS: libc::c_int = 10;
+
+/// Makes the calling (worker) thread yield the CPU to the process's other
+/// threads: scripts are user code, and a few CPU-bound ones on a small machine
+/// must not starve the async runtime that answers health checks, admin calls
+/// and every other request's I/O. Linux nice values are per thread.
+fn lower_this_threads_priority() {
+    // SAFETY: `gettid` has no preconditions; `getpriority`/`setpriority` on the
+    // calling thread's own id only read or lower its priority.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        *libc::__errno_location() = 0;
+        let current = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if current == -1 && *libc::__errno_location() != 0 {
+            return;
+        }
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, (current + SCRIPT_NICENESS).min(19));
+    }
+}
+
+/// The calling thread's nice value (for tests).
+#[cfg(test)]
+fn this_threads_niceness() -> libc::c_int {
+    // SAFETY: as above, a read of the calling thread's own priority.
+    unsafe {
+        libc::getpriority(
+            libc::PRIO_PROCESS,
+            libc::syscall(libc::SYS_gettid) as libc::id_t,
+        )
     }
 }
 
@@ -364,6 +402,16 @@ mod tests {
         let value = runtime().block_on(pool.run(AppId::new(), Admission::Reject, || 41 + 1));
         assert_eq!(value, Ok(42));
         assert_eq!(pool.stats().busy, 0);
+    }
+
+    #[test]
+    fn workers_run_nicer_than_the_rest_of_the_process() {
+        let pool = pool(1, 4, 1);
+        let mine = this_threads_niceness();
+        let worker = runtime()
+            .block_on(pool.run(AppId::new(), Admission::Reject, this_threads_niceness))
+            .unwrap();
+        assert_eq!(worker, (mine + SCRIPT_NICENESS).min(19));
     }
 
     #[test]

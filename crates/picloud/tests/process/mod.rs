@@ -148,6 +148,35 @@ impl Response {
     }
 }
 
+/// The bytes of one HTTP/1.1 request that closes its connection.
+fn request_text(method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> String {
+    let body = body.unwrap_or("");
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn parse_response(response: &str) -> Response {
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (headers, body) = response
+        .split_once("\r\n\r\n")
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
+        .unwrap_or_default();
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
 /// One HTTP/1.1 request over a fresh connection.
 pub fn request(
     port: u16,
@@ -158,30 +187,53 @@ pub fn request(
 ) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let body = body.unwrap_or("");
-    let auth = key
-        .map(|k| format!("Authorization: Bearer {k}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
+    stream.write_all(request_text(method, path, key, body).as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let (headers, body) = response
-        .split_once("\r\n\r\n")
-        .map(|(h, b)| (h.to_owned(), b.to_owned()))
-        .unwrap_or_default();
-    Ok(Response {
-        status,
-        headers,
-        body,
+    Ok(parse_response(&response))
+}
+
+/// `count` identical requests at once, from one thread (async sockets, so the
+/// flood does not also flood the test process with threads): their responses.
+pub fn flood(
+    port: u16,
+    method: &str,
+    path: &str,
+    count: usize,
+) -> std::thread::JoinHandle<Vec<std::io::Result<Response>>> {
+    let text = request_text(method, path, None, Some("null"));
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the flood");
+        runtime.block_on(async move {
+            let requests = (0..count).map(|_| {
+                let text = text.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                    stream.write_all(text.as_bytes()).await?;
+                    let mut response = Vec::new();
+                    tokio::time::timeout(
+                        Duration::from_secs(60),
+                        stream.read_to_end(&mut response),
+                    )
+                    .await
+                    .map_err(|_| std::io::Error::other("no answer within 60 s"))??;
+                    Ok(parse_response(&String::from_utf8_lossy(&response)))
+                })
+            });
+            let mut responses = Vec::with_capacity(count);
+            for request in requests.collect::<Vec<_>>() {
+                responses.push(
+                    request
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+                );
+            }
+            responses
+        })
     })
 }
 
