@@ -157,13 +157,10 @@ async fn oversized_bodies_are_413_with_or_without_a_length_and_store_nothing(poo
         .headers_mut()
         .insert("content-length", big.len().into());
     let (status, bytes) = t.send(request).await;
-    let message = assert_error(
-        status,
-        &parse(&bytes),
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "too_large",
-    );
+    let body = parse(&bytes);
+    let message = assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "too_large");
     assert!(!message.contains("xxxx"), "{message}");
+    assert_eq!(body["error"]["limit"], 128 * 1024, "a 413 names its limit");
 
     let stream = Body::from_stream(chunked(big.into_bytes()));
     let (status, bytes) = t
@@ -336,4 +333,40 @@ async fn a_body_with_more_items_than_a_script_may_hold_is_413_before_it_runs(poo
         .invoke(&app, "keep", Value::Array(vec![json!(1); 1_000]))
         .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn invalid_script_names_in_invoke_paths_are_400_before_any_lookup(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("a").await;
+    for name in ["a%00b", "a%01b", "a%0Ab", "has%20space", "dot.ted"] {
+        let path = format!("/api/v1/apps/{app}/invoke/{name}");
+        for key in [None, Some(t.admin_key.as_str())] {
+            let (status, body) = t.call(Method::POST, &path, key, Some(json!({}))).await;
+            let message = assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+            assert!(message.contains("script name must be"), "{name}: {message}");
+        }
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn wrong_methods_are_405_in_the_json_error_shape(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("a").await;
+    let key = t.admin_key.clone();
+    for (method, path) in [
+        (Method::PUT, "/api/v1/admin/apps".to_owned()),
+        (Method::PATCH, format!("/api/v1/admin/apps/{app}")),
+        (Method::GET, format!("/api/v1/apps/{app}/invoke/s")),
+        (Method::DELETE, format!("/api/v1/apps/{app}/invoke/s")),
+        (Method::POST, "/healthz".to_owned()),
+    ] {
+        let (status, body) = t.call(method.clone(), &path, Some(&key), None).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        );
+    }
 }

@@ -29,6 +29,8 @@ pub enum ApiError {
     Forbidden(Scope),
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("this method is not allowed on this path")]
+    MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
     #[error("{message}")]
@@ -67,7 +69,8 @@ pub struct ErrorBody {
 /// What went wrong: a stable `code`, a readable `message`, and fields that help.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// One of `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
+    /// One of `bad_request`, `unauthorized`, `forbidden`, `not_found`,
+    /// `method_not_allowed`, `conflict`,
     /// `too_large`, `validation_error`, `compile_error`, `script_error`,
     /// `script_limit`, `internal`, `unavailable`.
     pub code: &'static str,
@@ -89,6 +92,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),

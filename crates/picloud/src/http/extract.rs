@@ -1,6 +1,6 @@
 //! Extractors whose rejections are picloud's JSON errors, never axum's plain text.
 
-use super::error::ApiError;
+use super::{error::ApiError, AppState};
 use axum::{
     body::Bytes,
     extract::{FromRequest, FromRequestParts, Path, Request},
@@ -11,16 +11,11 @@ use serde::de::DeserializeOwned;
 /// The request body parsed as JSON into `T`.
 pub struct ApiJson<T>(pub T);
 
-/// Reads the whole body, mapping a body over the limit to 413.
-pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+/// Reads the whole body, mapping a body over the limit to 413 with the limit.
+pub async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge {
-                message: "request body is above the configured limit (PICLOUD_MAX_REQUEST_BYTES)"
-                    .into(),
-                limit: None,
-                actual: None,
-            }
+            ApiError::body_too_large(state.config.max_request_bytes)
         } else {
             ApiError::BadRequest("the request body could not be read".into())
         }
@@ -63,14 +58,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-impl<S, T> FromRequest<S> for ApiJson<T>
+impl<T> FromRequest<AppState> for ApiJson<T>
 where
-    S: Send + Sync,
     T: DeserializeOwned,
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let bytes = read_body(req, state).await?;
         parse_json(&bytes).map(ApiJson)
     }

@@ -20,7 +20,7 @@ use axum::{
     Json,
 };
 use picloud_executor_core::{json_container_items, Admission, RequestInfo, RunContext, RunError};
-use picloud_shared::{auth::Capability, ids::AppId};
+use picloud_shared::{auth::Capability, ids::AppId, names::validate_resource_name};
 use serde_json::Value;
 use std::{sync::Arc, time::Instant};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -99,6 +99,9 @@ async fn invoke(
     request: Request,
 ) -> Result<Json<Value>, ApiError> {
     let app = AppId(app_id);
+    // Checked before anything reads the database (a NUL would reach PostgreSQL).
+    validate_resource_name("script", &script_name)
+        .map_err(|err| ApiError::BadRequest(err.to_string()))?;
     let (parts, body) = request.into_parts();
     let (script, trusted_caller) = match find_script(&st, app, &script_name).await? {
         Some(script) if script.public => {
@@ -118,7 +121,7 @@ async fn invoke(
         }
     };
     let headers = script_headers(&parts.headers);
-    let bytes = read_body(Request::from_parts(parts, body), &()).await?;
+    let bytes = read_body(Request::from_parts(parts, body), &st).await?;
     refuse_more_items_than_scripts_hold(&bytes, &st)?;
     let body = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Null

@@ -151,6 +151,7 @@ pub fn build_app_with_caches(
     let _ = state.openapi_json.set(doc_json);
     let router = router
         .fallback(system::not_found)
+        .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_request_bytes))
         .layer(
             // Spans carry the route template only: never query strings or bodies.

@@ -83,6 +83,11 @@ pub async fn not_found() -> ApiError {
     ApiError::NotFound("route")
 }
 
+/// A path that exists, with a method it does not serve.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
 const INDEX_HTML: &str = r#"<!doctype html>
 <html lang="en">
 <head><meta charset="utf-8"><title>picloud</title></head>
