@@ -370,3 +370,46 @@ async fn wrong_methods_are_405_in_the_json_error_shape(pool: PgPool) {
         );
     }
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_key_without_the_scope_gets_403_whatever_the_body_holds(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let reader = t.key_with(&[picloud_shared::auth::Scope::DataRead]).await;
+    // Every admin write route of the document, with ids that need not exist.
+    let doc = serde_json::to_value(picloud::http::openapi()).unwrap();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/api/v1/admin/") {
+            continue;
+        }
+        for method in ["post", "put"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            let uri = path
+                .split('/')
+                .map(|segment| {
+                    if segment.starts_with('{') {
+                        uuid::Uuid::new_v4().to_string()
+                    } else {
+                        segment.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            for body in ["this is not JSON", r#"{"unexpected": true}"#, "[]"] {
+                let request = Request::builder()
+                    .method(method.to_uppercase().as_str())
+                    .uri(&uri)
+                    .header("authorization", format!("Bearer {reader}"))
+                    .header("content-type", "application/json")
+                    .body(Body::from(body))
+                    .unwrap();
+                let (status, bytes) = t.send(request).await;
+                assert_error(status, &parse(&bytes), StatusCode::FORBIDDEN, "forbidden");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} write routes found");
+}

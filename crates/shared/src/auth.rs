@@ -101,6 +101,18 @@ pub enum Capability {
 }
 
 impl Capability {
+    /// Every capability, for tests and tables that must cover them all.
+    pub const ALL: [Capability; 8] = [
+        Capability::AppsRead,
+        Capability::AppsWrite,
+        Capability::ScriptsRead,
+        Capability::ScriptsWrite,
+        Capability::ApiKeysManage,
+        Capability::ScriptInvoke,
+        Capability::AppSecretsRead,
+        Capability::AppSecretsWrite,
+    ];
+
     /// The one capability → scope table.
     pub fn required_scope(self) -> Scope {
         match self {
@@ -125,6 +137,20 @@ pub fn scopes_allow(scopes: &[Scope], capability: Capability) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_allows_every_capability_and_each_needs_its_scope() {
+        for capability in Capability::ALL {
+            let needed = capability.required_scope();
+            assert!(scopes_allow(&[Scope::Admin], capability), "{capability:?}");
+            assert!(scopes_allow(&[needed], capability), "{capability:?}");
+            let others: Vec<Scope> = Scope::ALL
+                .into_iter()
+                .filter(|s| *s != needed && *s != Scope::Admin)
+                .collect();
+            assert!(!scopes_allow(&others, capability), "{capability:?}");
+        }
+    }
 
     #[test]
     fn scope_names_round_trip() {

@@ -8,8 +8,20 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 
-/// The request body parsed as JSON into `T`.
-pub struct ApiJson<T>(pub T);
+/// A JSON request body for `T`, read but not yet parsed: handlers check the
+/// caller's scope first and [`parse`](JsonBody::parse) after, so a key without
+/// the scope gets 403 whatever the body holds (never 400/422).
+pub struct JsonBody<T> {
+    bytes: Bytes,
+    target: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> JsonBody<T> {
+    /// Parses the body; a failure is described without quoting the input.
+    pub fn parse(self) -> Result<T, ApiError> {
+        parse_json(&self.bytes)
+    }
+}
 
 /// Reads the whole body, mapping a body over the limit to 413 with the limit.
 pub async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
@@ -58,15 +70,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-impl<T> FromRequest<AppState> for ApiJson<T>
-where
-    T: DeserializeOwned,
-{
+impl<T> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let bytes = read_body(req, state).await?;
-        parse_json(&bytes).map(ApiJson)
+        Ok(JsonBody {
+            bytes: read_body(req, state).await?,
+            target: std::marker::PhantomData,
+        })
     }
 }
 

@@ -4,7 +4,7 @@ use crate::cache_sync::Invalidation;
 use crate::http::{
     auth::Principal,
     error::{ApiError, ErrorBody},
-    extract::{ApiJson, ApiPath},
+    extract::{ApiPath, JsonBody},
     AppState,
 };
 use axum::{extract::State, http::StatusCode, Json};
@@ -51,9 +51,10 @@ pub fn parse_scopes(names: &[String]) -> Result<Vec<Scope>, ApiError> {
 async fn create_key(
     State(st): State<AppState>,
     principal: Principal,
-    ApiJson(body): ApiJson<CreateApiKey>,
+    body: JsonBody<CreateApiKey>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
     principal.require(Capability::ApiKeysManage)?;
+    let body = body.parse()?;
     let scopes = parse_scopes(&body.scopes)?;
     Ok((
         StatusCode::CREATED,

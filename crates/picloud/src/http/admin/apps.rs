@@ -4,7 +4,7 @@ use crate::cache_sync::Invalidation;
 use crate::http::{
     auth::Principal,
     error::{ApiError, ErrorBody},
-    extract::{ApiJson, ApiPath},
+    extract::{ApiPath, JsonBody},
     AppState,
 };
 use axum::{extract::State, http::StatusCode, Json};
@@ -34,9 +34,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 async fn create_app(
     State(st): State<AppState>,
     principal: Principal,
-    ApiJson(body): ApiJson<CreateApp>,
+    body: JsonBody<CreateApp>,
 ) -> Result<(StatusCode, Json<App>), ApiError> {
     principal.require(Capability::AppsWrite)?;
+    let body = body.parse()?;
     Ok((StatusCode::CREATED, Json(st.apps.create(&body.name).await?)))
 }
 

@@ -4,7 +4,7 @@ use crate::cache_sync::Invalidation;
 use crate::http::{
     auth::Principal,
     error::{ApiError, ErrorBody},
-    extract::{ApiJson, ApiPath},
+    extract::{ApiPath, JsonBody},
     AppState,
 };
 use axum::{extract::State, http::StatusCode, Json};
@@ -47,9 +47,10 @@ async fn create_script(
     State(st): State<AppState>,
     principal: Principal,
     ApiPath(app_id): ApiPath<Uuid>,
-    ApiJson(body): ApiJson<SaveScript>,
+    body: JsonBody<SaveScript>,
 ) -> Result<(StatusCode, Json<Script>), ApiError> {
     principal.require(Capability::ScriptsWrite)?;
+    let body = body.parse()?;
     let app = AppId(app_id);
     let saved = st
         .scripts
@@ -103,9 +104,10 @@ async fn update_script(
     State(st): State<AppState>,
     principal: Principal,
     ApiPath((app_id, script_id)): ApiPath<(Uuid, Uuid)>,
-    ApiJson(body): ApiJson<SaveScript>,
+    body: JsonBody<SaveScript>,
 ) -> Result<Json<Script>, ApiError> {
     principal.require(Capability::ScriptsWrite)?;
+    let body = body.parse()?;
     let app = AppId(app_id);
     let (saved, old_name) = st
         .scripts

@@ -3,7 +3,7 @@
 use crate::http::{
     auth::Principal,
     error::{ApiError, ErrorBody},
-    extract::{ApiJson, ApiPath},
+    extract::{ApiPath, JsonBody},
     AppState,
 };
 use axum::{extract::State, http::StatusCode, Json};
@@ -54,9 +54,10 @@ async fn set_secret(
     State(st): State<AppState>,
     principal: Principal,
     ApiPath(app_id): ApiPath<Uuid>,
-    ApiJson(body): ApiJson<SetSecret>,
+    body: JsonBody<SetSecret>,
 ) -> Result<Json<SecretInfo>, ApiError> {
     principal.require(Capability::AppSecretsWrite)?;
+    let body = body.parse()?;
     Ok(Json(
         st.secrets
             .set(AppId(app_id), &body.name, body.value)
