@@ -7,6 +7,7 @@ use picloud_executor_core::{
     DEFAULT_AST_CACHE_BYTES,
 };
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use zeroize::Zeroizing;
 
 /// A configuration value that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +69,10 @@ pub struct Config {
     pub dev_mode: bool,
     pub database_url: Option<String>,
     pub log_format: LogFormat,
-    /// `PICLOUD_SECRET_KEY` as given (parsed by `keys::load_keyring`).
-    pub secret_key: Option<String>,
-    /// `PICLOUD_SECRET_KEYS_PREVIOUS` as given.
-    pub secret_keys_previous: Option<String>,
+    /// `PICLOUD_SECRET_KEY` as given (parsed by `keys::load_keyring`), wiped on drop.
+    pub secret_key: Option<Zeroizing<String>>,
+    /// `PICLOUD_SECRET_KEYS_PREVIOUS` as given, wiped on drop.
+    pub secret_keys_previous: Option<Zeroizing<String>>,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_grace: Duration,
     pub app: AppConfig,
@@ -203,8 +204,8 @@ impl Config {
             dev_mode: dev_flag || parse_bool("PICLOUD_DEV_MODE")?,
             database_url: var("DATABASE_URL"),
             log_format,
-            secret_key: var("PICLOUD_SECRET_KEY"),
-            secret_keys_previous: var("PICLOUD_SECRET_KEYS_PREVIOUS"),
+            secret_key: var("PICLOUD_SECRET_KEY").map(Zeroizing::new),
+            secret_keys_previous: var("PICLOUD_SECRET_KEYS_PREVIOUS").map(Zeroizing::new),
             shutdown_grace: Duration::from_secs(parse_num("PICLOUD_SHUTDOWN_GRACE_SECS", 15, 0)?),
             app: AppConfig {
                 max_request_bytes: parse_num(

@@ -98,8 +98,12 @@ async fn ensure_admin_key(database: &Database, data_dir: &Path) -> anyhow::Resul
     }
     let created = keys.create("admin", &[Scope::Admin]).await?;
     let path = data_dir.join("admin.key");
-    write_private_file(&path, format!("{}\n", created.key).as_bytes())
+    let saved = create_private_file(&path, format!("{}\n", created.key).as_bytes())
         .with_context(|| format!("cannot write the admin key to {}", path.display()))?;
+    if !saved {
+        // Another process sharing this data dir wrote its own first key: both keys work.
+        tracing::warn!(path = %path.display(), "an admin key file already exists; it was kept");
+    }
     // Printed, never logged: this is the one time the key is shown.
     println!(
         "\nFirst start: created an admin API key (shown once; also saved to {}):\n\n    {}\n",
@@ -110,18 +114,35 @@ async fn ensure_admin_key(database: &Database, data_dir: &Path) -> anyhow::Resul
     Ok(())
 }
 
-/// Writes a file readable by its owner only (0600), creating parent dirs.
-pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+/// Creates a file readable by its owner only (0600) holding `contents`,
+/// unless it already exists: `Ok(false)` then, and the existing file is left
+/// as it is. Two processes racing to create it cannot overwrite each other or
+/// see it half-written: the contents go to a private temporary file first,
+/// which is then hard-linked into place (a link never replaces a file).
+pub fn create_private_file(path: &Path, contents: &[u8]) -> std::io::Result<bool> {
     use std::os::unix::fs::OpenOptionsExt;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let temp = parent.join(format!(
+        ".{name}.{}.{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        file.write_all(contents)?;
+        file.sync_all()
+    })();
+    let linked = written.and_then(|()| std::fs::hard_link(&temp, path));
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
 }
