@@ -90,8 +90,11 @@ pub async fn check_keys(pool: &PgPool, keyring: &Keyring) -> Result<(), SealedDa
 pub struct RotationReport {
     /// (table, rows re-sealed in this run, rows already under the active key).
     pub tables: Vec<(&'static str, u64, u64)>,
-    /// False when `max_batches` stopped the run before it finished.
+    /// True only when no sealed value remains under a key other than the active
+    /// one; false when `max_batches` stopped the run first.
     pub complete: bool,
+    /// Values still under another key when the run ended.
+    pub remaining: u64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -119,15 +122,20 @@ pub async fn rotate(
     };
     let mut batches = 0u64;
     for column in SEALED_COLUMNS {
-        let select = format!(
-            "SELECT ctid::text AS row_ref, ARRAY[{ids}] AS ids, {k} AS key_id, {n} AS nonce, {c} AS ciphertext \
-             FROM {t} WHERE {k} <> $1 LIMIT $2 FOR UPDATE SKIP LOCKED",
-            ids = column.identity.join(", "),
-            k = column.key_id_column,
-            n = column.nonce_column,
-            c = column.ciphertext_column,
-            t = column.table
-        );
+        // First every row nobody else holds (concurrent rotations share the work);
+        // then, waiting for their locks, the rows other transactions held.
+        let select = |lock: &str| {
+            format!(
+                "SELECT ctid::text AS row_ref, ARRAY[{ids}] AS ids, {k} AS key_id, {n} AS nonce, {c} AS ciphertext \
+                 FROM {t} WHERE {k} <> $1 LIMIT $2 {lock}",
+                ids = column.identity.join(", "),
+                k = column.key_id_column,
+                n = column.nonce_column,
+                c = column.ciphertext_column,
+                t = column.table
+            )
+        };
+        let passes = [select("FOR UPDATE SKIP LOCKED"), select("FOR UPDATE")];
         let update = format!(
             "UPDATE {t} SET {k} = $1, {n} = $2, {c} = $3 WHERE ctid = $4::tid",
             k = column.key_id_column,
@@ -136,41 +144,57 @@ pub async fn rotate(
             t = column.table
         );
         let mut resealed = 0u64;
-        loop {
-            if max_batches.is_some_and(|max| batches >= max) {
-                report.complete = false;
-                break;
-            }
-            let mut tx = pool.begin().await?;
-            let rows: Vec<RotationRow> = sqlx::query_as(&select)
-                .bind(&active)
-                .bind(batch_size)
-                .fetch_all(&mut *tx)
-                .await?;
-            if rows.is_empty() {
-                break;
-            }
-            for row in &rows {
-                let unopenable = || SealedDataError::Unopenable {
-                    key_id: row.key_id.clone(),
-                    table: column.table,
-                };
-                let aad = (column.aad)(&row.ids).ok_or_else(unopenable)?;
-                let sealed = Sealed::from_stored(&row.key_id, &row.nonce, row.ciphertext.clone())
-                    .map_err(|_| unopenable())?;
-                let plaintext = keyring.open(&sealed, &aad).map_err(|_| unopenable())?;
-                let resealed_value = keyring.seal(&plaintext, &aad).map_err(|_| unopenable())?;
-                sqlx::query(&update)
-                    .bind(resealed_value.key_id.to_hex())
-                    .bind(resealed_value.nonce.to_vec())
-                    .bind(&resealed_value.ciphertext)
-                    .bind(&row.row_ref)
-                    .execute(&mut *tx)
+        for select in &passes {
+            loop {
+                if max_batches.is_some_and(|max| batches >= max) {
+                    report.complete = false;
+                    break;
+                }
+                let mut tx = pool.begin().await?;
+                let rows: Vec<RotationRow> = sqlx::query_as(select)
+                    .bind(&active)
+                    .bind(batch_size)
+                    .fetch_all(&mut *tx)
                     .await?;
+                if rows.is_empty() {
+                    break;
+                }
+                for row in &rows {
+                    let unopenable = || SealedDataError::Unopenable {
+                        key_id: row.key_id.clone(),
+                        table: column.table,
+                    };
+                    let aad = (column.aad)(&row.ids).ok_or_else(unopenable)?;
+                    let sealed =
+                        Sealed::from_stored(&row.key_id, &row.nonce, row.ciphertext.clone())
+                            .map_err(|_| unopenable())?;
+                    let plaintext = keyring.open(&sealed, &aad).map_err(|_| unopenable())?;
+                    let resealed_value =
+                        keyring.seal(&plaintext, &aad).map_err(|_| unopenable())?;
+                    sqlx::query(&update)
+                        .bind(resealed_value.key_id.to_hex())
+                        .bind(resealed_value.nonce.to_vec())
+                        .bind(&resealed_value.ciphertext)
+                        .bind(&row.row_ref)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                resealed += rows.len() as u64;
+                batches += 1;
             }
-            tx.commit().await?;
-            resealed += rows.len() as u64;
-            batches += 1;
+        }
+        let left: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {t} WHERE {k} <> $1",
+            t = column.table,
+            k = column.key_id_column
+        ))
+        .bind(&active)
+        .fetch_one(pool)
+        .await?;
+        report.remaining += left as u64;
+        if left > 0 {
+            report.complete = false;
         }
         let current: i64 = sqlx::query_scalar(&format!(
             "SELECT count(*) FROM {t} WHERE {k} = $1",

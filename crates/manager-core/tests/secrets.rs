@@ -167,3 +167,36 @@ async fn rotation_reseals_everything_and_resumes_after_interruption(pool: PgPool
     }
     assert_eq!(reader.get(b, "only-b").await.unwrap(), Some(json!("b")));
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn rotation_waits_for_a_locked_row_and_completes_with_none_remaining(pool: PgPool) {
+    let app = AppsService::new(pool.clone()).create("a").await.unwrap().id;
+    let old = MasterKey::generate().to_base64();
+    let new = MasterKey::generate().to_base64();
+    let writer = SecretsServiceImpl::new(pool.clone(), keyring_of(&old, &[]), 1024);
+    for i in 0..4 {
+        writer.set(app, &format!("s{i}"), json!(i)).await.unwrap();
+    }
+    // Another session holds one row while the rotation starts.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM secrets WHERE name = 's2' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let rotating = keyring_of(&new, &[&old]);
+    let rotation = {
+        let (pool, rotating) = (pool.clone(), rotating.clone());
+        tokio::spawn(async move { rotate(&pool, &rotating, 2, None).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    holder.commit().await.unwrap();
+    let report = rotation.await.unwrap().unwrap();
+    assert!(report.complete, "{report:?}");
+    assert_eq!(report.remaining, 0);
+    let old_keys: i64 = sqlx::query_scalar("SELECT count(*) FROM secrets WHERE key_id <> $1")
+        .bind(rotating.active_id().to_hex())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(old_keys, 0, "the locked row was waited for and re-sealed");
+}

@@ -120,6 +120,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{table}: {resealed} re-sealed, {already} already under the active key");
             }
             let total: u64 = report.tables.iter().map(|(_, r, _)| r).sum();
+            if !report.complete {
+                anyhow::bail!(
+                    "rotation incomplete: {} values are still sealed under a previous key; run `picloud keys rotate` again",
+                    report.remaining
+                );
+            }
             println!(
                 "rotation complete: {total} values re-sealed under key {}; previous keys are no longer needed",
                 keyring.active_id()
