@@ -3,7 +3,7 @@
 use super::{error::ApiError, AppState};
 use axum::{
     body::Bytes,
-    extract::{FromRequest, FromRequestParts, Path, Request},
+    extract::{FromRequest, FromRequestParts, Path, RawPathParams, Request},
     http::{request::Parts, StatusCode},
 };
 use serde::de::DeserializeOwned;
@@ -81,7 +81,8 @@ impl<T> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-/// Path parameters; a malformed one (e.g. not a UUID) is a 400, not a 404.
+/// Path parameters; a malformed one (not a UUID, a control character in a
+/// name) is a 400, not a 404, and is refused before any database access.
 pub struct ApiPath<T>(pub T);
 
 impl<S, T> FromRequestParts<S> for ApiPath<T>
@@ -92,6 +93,19 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // No name or id holds a control character: refuse it before anything
+        // (a NUL would otherwise reach PostgreSQL, which cannot store one).
+        let raw = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::BadRequest("a path parameter is not valid UTF-8".into()))?;
+        if raw
+            .iter()
+            .any(|(_, value)| value.chars().any(char::is_control))
+        {
+            return Err(ApiError::BadRequest(
+                "a path parameter contains a control character".into(),
+            ));
+        }
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(v)| ApiPath(v))
