@@ -55,6 +55,42 @@ impl Default for AppConfig {
     }
 }
 
+/// Open files this process may hold, after raising the soft limit to the hard
+/// one (as Go and nginx do: the soft default of 1,024 is far below what a
+/// server's connections need).
+fn raise_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out-pointer; raising the soft limit up to the
+    // hard limit needs no privilege.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+/// Connections that fit the open-file limit with room for the database pool,
+/// the embedded cluster's files and logs; at most 10,000.
+fn default_max_connections() -> usize {
+    let files = raise_open_file_limit();
+    usize::try_from(files.saturating_sub(512))
+        .unwrap_or(usize::MAX)
+        .clamp(64, 10_000)
+}
+
 /// The cores this process may use (1 when unknown).
 fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
@@ -75,6 +111,8 @@ pub struct Config {
     pub secret_keys_previous: Option<Zeroizing<String>>,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// The listener's connection limits.
+    pub connections: crate::connections::ConnectionLimits,
     pub app: AppConfig,
 }
 
@@ -207,6 +245,18 @@ impl Config {
             secret_key: var("PICLOUD_SECRET_KEY").map(Zeroizing::new),
             secret_keys_previous: var("PICLOUD_SECRET_KEYS_PREVIOUS").map(Zeroizing::new),
             shutdown_grace: Duration::from_secs(parse_num("PICLOUD_SHUTDOWN_GRACE_SECS", 15, 0)?),
+            connections: crate::connections::ConnectionLimits {
+                max_connections: parse_num(
+                    "PICLOUD_MAX_CONNECTIONS",
+                    default_max_connections(),
+                    1,
+                )?,
+                idle_timeout: Duration::from_secs(parse_num(
+                    "PICLOUD_HTTP_IDLE_TIMEOUT_SECS",
+                    10,
+                    1,
+                )?),
+            },
             app: AppConfig {
                 max_request_bytes: parse_num(
                     "PICLOUD_MAX_REQUEST_BYTES",

@@ -6,6 +6,7 @@
 
 pub mod cache_sync;
 pub mod config;
+pub mod connections;
 pub mod database;
 pub mod embedded_pg;
 pub mod http;

@@ -11,6 +11,7 @@
 use crate::{
     cache_sync,
     config::Config,
+    connections,
     database::{Database, Ownership},
     http::build_app_with_caches,
 };
@@ -48,20 +49,16 @@ pub async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     tracing::info!(address = %config.listen, "picloud is listening");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let limits = config.connections;
+    let server = tokio::spawn(connections::serve(listener, app, limits, async {
+        let _ = stop_rx.await;
+    }));
     shutdown_signal().await;
     tracing::info!("shutdown signal received: no new connections, finishing in-flight requests");
     let _ = stop_tx.send(());
     let grace = config.shutdown_grace;
     match tokio::time::timeout(grace, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "the HTTP server failed"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "the HTTP server task failed"),
         Err(_) => tracing::warn!(
             grace_secs = grace.as_secs(),
