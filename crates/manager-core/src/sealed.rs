@@ -184,8 +184,8 @@ pub async fn rotate(
                 batches += 1;
             }
         }
-        let left: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM {t} WHERE {k} <> $1",
+        let (left, current): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT count(*) FILTER (WHERE {k} <> $1), count(*) FILTER (WHERE {k} = $1) FROM {t}",
             t = column.table,
             k = column.key_id_column
         ))
@@ -196,14 +196,6 @@ pub async fn rotate(
         if left > 0 {
             report.complete = false;
         }
-        let current: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM {t} WHERE {k} = $1",
-            t = column.table,
-            k = column.key_id_column
-        ))
-        .bind(&active)
-        .fetch_one(pool)
-        .await?;
         report.tables.push((
             column.table,
             resealed,

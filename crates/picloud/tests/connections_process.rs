@@ -11,15 +11,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// One at a time: each test measures its own server's latency.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Lets this test process hold `files` open files (the soft limit is often 1,024).
 fn allow_open_files(files: u64) {
     let mut limit = libc::rlimit {

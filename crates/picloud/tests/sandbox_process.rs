@@ -16,16 +16,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// The tests here measure latency and peak memory of a real server: they run one
-/// at a time, so that one test's load does not count against another's bounds.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The run timeout of the server under test.
 const TIMEOUT: Duration = Duration::from_secs(4);
 /// What a runaway may take past its timeout: watchdog ticks, one slow
