@@ -265,16 +265,7 @@ fn runaway_scripts_end_within_their_limits_and_the_server_keeps_serving() {
     assert_eq!(body["error"]["limit"], 512 * 1024);
 
     // Leaks: secret values never reach a response or a log line; kv NUL is an argument error.
-    let body = serde_json::json!({ "name": "db_password", "value": SECRET }).to_string();
-    let (status, out) = http(
-        port,
-        "POST",
-        &format!("/api/v1/admin/apps/{app}/secrets"),
-        Some(&key),
-        Some(&body),
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{out}");
+    set_secret(port, &key, &app, "db_password", SECRET);
     for (name, source) in [
         ("leak_parse", r#"parse_int(secrets::get("db_password"))"#),
         ("leak_fn", r#"Fn(secrets::get("db_password")).call()"#),
@@ -300,16 +291,7 @@ fn runaway_scripts_end_within_their_limits_and_the_server_keeps_serving() {
     }
     // Secrets that a message would escape, make single-line, or cut.
     for (name, value) in [("nl", "line1\nNLSECRET"), ("qq", "ab\"cd\\ef-Q2SECRET")] {
-        let body = serde_json::json!({ "name": name, "value": value }).to_string();
-        let (status, out) = http(
-            port,
-            "POST",
-            &format!("/api/v1/admin/apps/{app}/secrets"),
-            Some(&key),
-            Some(&body),
-        )
-        .unwrap();
-        assert_eq!(status, 200, "{out}");
+        set_secret(port, &key, &app, name, value);
     }
     for (name, source) in [
         (

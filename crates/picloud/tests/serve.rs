@@ -361,13 +361,6 @@ fn keys_generate_prints_a_fresh_key() {
 }
 
 /// Sets secret `name` of `app` through the admin API.
-fn set_secret(port: u16, key: &str, app: &str, name: &str, value: &str) {
-    let body = serde_json::json!({"name": name, "value": value}).to_string();
-    let path = format!("/api/v1/admin/apps/{app}/secrets");
-    let (status, response) = http(port, "POST", &path, Some(key), Some(&body)).unwrap();
-    assert_eq!(status, 200, "{response}");
-}
-
 /// Invokes the `read` script of `app`, which returns every secret it knows.
 fn read_secrets(port: u16, key: &str, app: &str) -> serde_json::Value {
     let path = format!("/api/v1/apps/{app}/invoke/read");

@@ -163,22 +163,6 @@ mod tests {
     }
 
     #[test]
-    fn admin_implies_every_capability() {
-        for cap in [
-            Capability::AppsRead,
-            Capability::AppsWrite,
-            Capability::ScriptsRead,
-            Capability::ScriptsWrite,
-            Capability::ApiKeysManage,
-            Capability::ScriptInvoke,
-            Capability::AppSecretsRead,
-            Capability::AppSecretsWrite,
-        ] {
-            assert!(scopes_allow(&[Scope::Admin], cap));
-        }
-    }
-
-    #[test]
     fn a_scope_grants_only_its_capabilities() {
         assert!(scopes_allow(&[Scope::AppRead], Capability::AppsRead));
         assert!(!scopes_allow(&[Scope::AppRead], Capability::AppsWrite));

@@ -275,6 +275,14 @@ pub fn create_app(port: u16, key: &str, name: &str) -> String {
     json(&app)["id"].as_str().unwrap().to_owned()
 }
 
+/// Sets a secret (a string value) through the admin API.
+pub fn set_secret(port: u16, key: &str, app: &str, name: &str, value: &str) {
+    let body = serde_json::json!({"name": name, "value": value}).to_string();
+    let path = format!("/api/v1/admin/apps/{app}/secrets");
+    let (status, response) = http(port, "POST", &path, Some(key), Some(&body)).unwrap();
+    assert_eq!(status, 200, "{response}");
+}
+
 /// Saves a script through the admin API and answers (status, body).
 pub fn save_script(
     port: u16,
