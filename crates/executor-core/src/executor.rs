@@ -151,7 +151,7 @@ impl Executor {
     /// Runs `script` to completion and returns its value as JSON.
     ///
     /// Synchronous and possibly long (up to the timeout): call it from a
-    /// blocking thread (`spawn_blocking`), never from an async task — SDK
+    /// script-pool thread ([`crate::ScriptPool`]), never from an async task — SDK
     /// calls use `Handle::block_on`, which panics inside async code.
     pub fn run(
         &self,

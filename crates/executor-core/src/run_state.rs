@@ -168,7 +168,14 @@ fn collect_texts(value: &serde_json::Value, out: &mut Vec<String>) {
 
 /// `text` with every value the current run revealed replaced by [`REDACTED`].
 pub(crate) fn scrub(text: String) -> String {
-    with_current(|run| scrub_with(&run.revealed, text.clone())).unwrap_or(text)
+    // Takes the text through unchanged (no copy) unless a revealed value is in it.
+    CURRENT.with(|current| match current.try_borrow() {
+        Ok(run) => match run.as_ref() {
+            Some(run) => scrub_with(&run.revealed, text),
+            None => text,
+        },
+        Err(_) => text,
+    })
 }
 
 /// `text` with every one of `revealed` replaced by [`REDACTED`].
