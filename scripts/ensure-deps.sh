@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what picloud and its tests need on a fresh Debian machine, if missing:
-# the Rust toolchain is assumed; PostgreSQL server binaries come from apt.
+# the Rust toolchain is assumed; PostgreSQL server binaries and python3 (with
+# venv, for the contract run's schemathesis) come from apt.
 set -euo pipefail
 
 apt_updated=0
@@ -23,6 +24,11 @@ pg_bindir() {
 if [ -z "$(pg_bindir)" ] || [ ! -x "$(pg_bindir)/initdb" ]; then
   echo "installing PostgreSQL server binaries (apt)..." >&2
   apt_install postgresql
+fi
+# The contract run installs schemathesis into a venv of its own.
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  echo "installing python3 and its venv module (apt)..." >&2
+  apt_install python3 python3-venv
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "FATAL: cargo is not installed; install Rust from https://rustup.rs and retry" >&2

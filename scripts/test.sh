@@ -42,4 +42,9 @@ export DATABASE_URL="postgres://postgres@localhost/postgres?host=$WORK/sock"
   || { echo "FATAL: cannot connect to the test PostgreSQL cluster at $WORK/sock" >&2; exit 1; }
 echo "test PostgreSQL ready at $WORK/sock" >&2
 
-if [ $# -gt 0 ]; then cargo test "$@"; else cargo test --workspace --no-fail-fast; fi
+if [ $# -gt 0 ]; then cargo test "$@"; exit; fi
+cargo test --workspace --no-fail-fast
+
+# The HTTP contract: schemathesis against a `picloud serve --dev` of this build.
+cargo build -q -p picloud --bin picloud
+"$ROOT/tests/contract/run.sh" "${CARGO_TARGET_DIR:-$ROOT/target}/debug/picloud"

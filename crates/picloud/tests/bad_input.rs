@@ -446,3 +446,20 @@ async fn control_characters_in_any_path_name_are_400(pool: PgPool) {
         assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
     }
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn secret_names_outside_their_pattern_in_paths_are_400(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("a").await;
+    let long = "a".repeat(129);
+    for name in ["has%20space", "null%2Cnull", "%C3%BC", long.as_str()] {
+        let path = format!("/api/v1/admin/apps/{app}/secrets/{name}");
+        let (status, body) = t.admin(Method::DELETE, &path, None).await;
+        let message = assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+        assert!(message.contains("secret name must be"), "{name}: {message}");
+    }
+    // A name inside the pattern that does not exist is still a 404.
+    let path = format!("/api/v1/admin/apps/{app}/secrets/no.such-secret_1");
+    let (status, body) = t.admin(Method::DELETE, &path, None).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+}

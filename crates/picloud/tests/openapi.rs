@@ -190,3 +190,191 @@ fn document_parses_as_openapi_3_1_and_every_reference_resolves() {
     broken.as_object_mut().unwrap().remove("info");
     assert!(oas3::from_json(broken.to_string()).is_err());
 }
+
+/// Every operation's path parameters are handed to it by a link from an
+/// operation that creates them, so a client (and schemathesis's stateful
+/// phase) can follow real ids; every link names a real operation and only
+/// parameters that operation has.
+#[test]
+fn links_lead_to_every_operation_that_takes_an_id() {
+    let doc = picloud::http::openapi();
+    let mut operations = std::collections::BTreeMap::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            let params: BTreeSet<String> = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "path")
+                .map(|p| p["name"].as_str().unwrap().to_owned())
+                .collect();
+            operations.insert(op["operationId"].as_str().unwrap().to_owned(), (op, params));
+        }
+    }
+    let mut supplied: BTreeSet<String> = BTreeSet::new();
+    for (from, (op, _)) in &operations {
+        for (status, response) in op["responses"].as_object().unwrap() {
+            for (name, link) in response["links"].as_object().into_iter().flatten() {
+                assert!(status.starts_with('2'), "{from} links from {status}");
+                let target = link["operationId"].as_str().unwrap();
+                let (_, params) = operations
+                    .get(target)
+                    .unwrap_or_else(|| panic!("{from} link {name}: no operation {target}"));
+                let given: BTreeSet<String> = link["parameters"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .cloned()
+                    .collect();
+                assert_eq!(
+                    &given, params,
+                    "{from} -> {target}: every path parameter, no other"
+                );
+                for expr in link["parameters"].as_object().unwrap().values() {
+                    let expr = expr.as_str().unwrap();
+                    assert!(
+                        expr.starts_with("$response.body#/") || expr.starts_with("$request.path."),
+                        "{from} -> {target}: {expr}"
+                    );
+                }
+                supplied.insert(target.to_owned());
+            }
+        }
+    }
+    for (id, (_, params)) in &operations {
+        if !params.is_empty() {
+            assert!(supplied.contains(id), "no link leads to {id}");
+        }
+    }
+}
+
+/// Each operation documents the errors it can answer: the key's (401, 403),
+/// the path's (400, 404) and the body's (400, 413, and 422 for a typed body).
+#[test]
+fn operations_document_the_errors_they_can_answer() {
+    let doc = picloud::http::openapi();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            let has = |status: &str| responses.contains_key(status);
+            let what = format!("{method} {path}");
+            assert!(
+                !has("4XX") && !has("default"),
+                "{what}: a catch-all hides statuses"
+            );
+            if path.starts_with("/api/v1/admin") || path.contains("/invoke/") {
+                assert!(has("401") && has("403"), "{what}");
+            }
+            if path.contains('{') {
+                assert!(has("400") && has("404"), "{what}");
+            }
+            if op.get("requestBody").is_some() {
+                assert!(has("400") && has("413"), "{what}");
+            }
+            if ["post", "put"].contains(&method.as_str()) && path.starts_with("/api/v1/admin") {
+                assert!(has("422"), "{what}");
+            }
+            for (status, response) in responses {
+                if status.starts_with('4') || status.starts_with('5') {
+                    let schema = match response.get("$ref") {
+                        Some(r) => doc
+                            .pointer(r.as_str().unwrap().strip_prefix('#').unwrap())
+                            .unwrap()
+                            .clone(),
+                        None => response.clone(),
+                    };
+                    assert_eq!(
+                        schema["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{what} {status}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The name patterns the document declares accept exactly the names the
+/// server accepts, so a schema-valid name is never refused.
+#[test]
+fn declared_name_patterns_match_the_server_rules() {
+    use picloud_shared::names::{validate_dotted_name, validate_resource_name};
+    let doc = picloud::http::openapi();
+    let schema_pattern = |pointer: &str| {
+        doc.pointer(pointer)
+            .and_then(|p| p["pattern"].as_str())
+            .unwrap_or_else(|| panic!("{pointer} declares no pattern"))
+            .to_owned()
+    };
+    let path_pattern = |path: &str, method: &str, name: &str| {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["schema"]["pattern"].as_str())
+            .unwrap_or_else(|| panic!("{method} {path} {name} declares no pattern"))
+            .to_owned()
+    };
+    type Rule = fn(&str, &str) -> Result<(), picloud_shared::ServiceError>;
+    let checks: Vec<(String, Rule)> = vec![
+        (
+            schema_pattern("/components/schemas/CreateApp/properties/name"),
+            validate_resource_name,
+        ),
+        (
+            schema_pattern("/components/schemas/SaveScript/properties/name"),
+            validate_resource_name,
+        ),
+        (
+            schema_pattern("/components/schemas/CreateApiKey/properties/name"),
+            validate_resource_name,
+        ),
+        (
+            schema_pattern("/components/schemas/SetSecret/properties/name"),
+            validate_dotted_name,
+        ),
+        (
+            path_pattern(
+                "/api/v1/admin/apps/{app_id}/secrets/{name}",
+                "delete",
+                "name",
+            ),
+            validate_dotted_name,
+        ),
+        (
+            path_pattern(
+                "/api/v1/apps/{app_id}/invoke/{script_name}",
+                "post",
+                "script_name",
+            ),
+            validate_resource_name,
+        ),
+    ];
+    let long = |n: usize| "a".repeat(n);
+    let probes = [
+        String::new(),
+        "a".into(),
+        "A-b_9".into(),
+        "dot.ted".into(),
+        "has space".into(),
+        "ünï".into(),
+        "line\n".into(),
+        "nul\0".into(),
+        "sl/ash".into(),
+        long(64),
+        long(65),
+        long(128),
+        long(129),
+    ];
+    for (pattern, rule) in &checks {
+        let regex = regex::Regex::new(pattern).unwrap();
+        for probe in &probes {
+            assert_eq!(
+                regex.is_match(probe),
+                rule("name", probe).is_ok(),
+                "pattern {pattern} and the server disagree on {probe:?}"
+            );
+        }
+    }
+}

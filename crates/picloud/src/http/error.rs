@@ -66,14 +66,31 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+/// The stable codes of SPEC §3, one per kind of failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    TooLarge,
+    ValidationError,
+    CompileError,
+    RateLimited,
+    ScriptError,
+    ScriptLimit,
+    Internal,
+    NotConfigured,
+    Unavailable,
+}
+
 /// What went wrong: a stable `code`, a readable `message`, and fields that help.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// One of `bad_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `method_not_allowed`, `conflict`,
-    /// `too_large`, `validation_error`, `compile_error`, `script_error`,
-    /// `script_limit`, `internal`, `unavailable`.
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<usize>,
@@ -86,23 +103,27 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    fn status_and_code(&self) -> (StatusCode, ErrorCode) {
         match self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
-            ApiError::Compile { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "compile_error"),
-            ApiError::Script(_) => (StatusCode::INTERNAL_SERVER_ERROR, "script_error"),
-            ApiError::ScriptLimit(_) => (StatusCode::INTERNAL_SERVER_ERROR, "script_limit"),
-            ApiError::Unavailable(_) | ApiError::Busy(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed)
             }
-            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge),
+            ApiError::Validation(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError)
+            }
+            ApiError::Compile { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::CompileError),
+            ApiError::Script(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::ScriptError),
+            ApiError::ScriptLimit(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::ScriptLimit),
+            ApiError::Unavailable(_) | ApiError::Busy(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+            }
+            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         }
     }
 

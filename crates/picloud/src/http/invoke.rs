@@ -87,12 +87,11 @@ async fn find_script(
 
 #[utoipa::path(post, path = "/api/v1/apps/{app_id}/invoke/{script_name}", tag = "invoke",
     security((), ("bearer" = [])),
-    params(("app_id" = Uuid, Path), ("script_name" = String, Path)),
-    request_body(content = Object, description = "any JSON; becomes ctx.request.body (an empty body is null)"),
-    responses((status = 200, description = "the script's return value as JSON", body = Object),
+    params(("app_id" = Uuid, Path), ("script_name" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    request_body(content = Option<serde_json::Value>, description = "any JSON; becomes ctx.request.body (an empty body is null)"),
+    responses((status = 200, description = "the script's return value as JSON", body = serde_json::Value),
         (status = 500, description = "script_error or script_limit", body = ErrorBody),
-        (status = 503, description = "every script worker is busy (`unavailable`); retry after the `Retry-After` seconds", body = ErrorBody),
-        (status = "4XX", body = ErrorBody)))]
+        (status = 503, description = "every script worker is busy (`unavailable`); retry after the `Retry-After` seconds", body = ErrorBody)))]
 async fn invoke(
     State(st): State<AppState>,
     ApiPath((app_id, script_name)): ApiPath<(Uuid, String)>,

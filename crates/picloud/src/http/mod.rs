@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod contract;
 pub mod error;
 pub mod extract;
 pub mod invoke;
@@ -81,9 +82,15 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(system::routes())
 }
 
-/// The OpenAPI document of every route.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().into_openapi()
+/// The OpenAPI document of every route, with the shared error statuses and links.
+pub fn openapi() -> serde_json::Value {
+    finished_document(routes().into_openapi())
+}
+
+fn finished_document(doc: utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut doc = serde_json::to_value(doc).unwrap_or_default();
+    contract::finish(&mut doc);
+    doc
 }
 
 /// Builds the application over a migrated database, sealing secrets with
@@ -147,7 +154,7 @@ pub fn build_app_with_caches(
     };
     let caches = state.caches.clone();
     let (router, doc) = routes().split_for_parts();
-    let doc_json = doc.to_json().unwrap_or_else(|_| "{}".into());
+    let doc_json = finished_document(doc).to_string();
     let _ = state.openapi_json.set(doc_json);
     let router = router
         .fallback(system::not_found)

@@ -3,7 +3,7 @@
 use crate::cache_sync::Invalidation;
 use crate::http::{
     auth::Principal,
-    error::{ApiError, ErrorBody},
+    error::ApiError,
     extract::{ApiPath, JsonBody},
     AppState,
 };
@@ -21,8 +21,11 @@ use uuid::Uuid;
 /// Body of `POST /api-keys`.
 #[derive(Deserialize, ToSchema)]
 pub struct CreateApiKey {
+    /// `[A-Za-z0-9_-]{1,64}`.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: String,
-    /// Any of `admin`, `app:read`, `app:write`, `script:read`, `script:write`, `data:read`, `data:write`.
+    /// At least one of the seven scopes.
+    #[schema(value_type = Vec<Scope>, min_items = 1)]
     pub scopes: Vec<String>,
 }
 
@@ -46,8 +49,7 @@ pub fn parse_scopes(names: &[String]) -> Result<Vec<Scope>, ApiError> {
 
 #[utoipa::path(post, path = "/api/v1/admin/api-keys", tag = "api-keys", security(("bearer" = [])),
     request_body = CreateApiKey,
-    responses((status = 201, description = "the key, shown this once", body = CreatedApiKey),
-        (status = "4XX", body = ErrorBody)))]
+    responses((status = 201, description = "the key, shown this once", body = CreatedApiKey)))]
 async fn create_key(
     State(st): State<AppState>,
     principal: Principal,
@@ -63,7 +65,7 @@ async fn create_key(
 }
 
 #[utoipa::path(get, path = "/api/v1/admin/api-keys", tag = "api-keys", security(("bearer" = [])),
-    responses((status = 200, body = Vec<ApiKeyInfo>), (status = "4XX", body = ErrorBody)))]
+    responses((status = 200, body = Vec<ApiKeyInfo>)))]
 async fn list_keys(
     State(st): State<AppState>,
     principal: Principal,
@@ -74,7 +76,7 @@ async fn list_keys(
 
 #[utoipa::path(delete, path = "/api/v1/admin/api-keys/{id}", tag = "api-keys", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 204), (status = "4XX", body = ErrorBody)))]
+    responses((status = 204)))]
 async fn delete_key(
     State(st): State<AppState>,
     principal: Principal,

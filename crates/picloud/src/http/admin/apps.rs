@@ -18,6 +18,7 @@ use uuid::Uuid;
 #[derive(Deserialize, ToSchema)]
 pub struct CreateApp {
     /// `[A-Za-z0-9_-]{1,64}`, unique.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: String,
 }
 
@@ -30,7 +31,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 #[utoipa::path(post, path = "/api/v1/admin/apps", tag = "apps", request_body = CreateApp,
     security(("bearer" = [])),
-    responses((status = 201, body = App), (status = "4XX", body = ErrorBody)))]
+    responses((status = 201, body = App),
+        (status = 409, description = "`conflict`: an app with this name exists", body = ErrorBody)))]
 async fn create_app(
     State(st): State<AppState>,
     principal: Principal,
@@ -42,7 +44,7 @@ async fn create_app(
 }
 
 #[utoipa::path(get, path = "/api/v1/admin/apps", tag = "apps", security(("bearer" = [])),
-    responses((status = 200, body = Vec<App>), (status = "4XX", body = ErrorBody)))]
+    responses((status = 200, body = Vec<App>)))]
 async fn list_apps(
     State(st): State<AppState>,
     principal: Principal,
@@ -53,7 +55,7 @@ async fn list_apps(
 
 #[utoipa::path(get, path = "/api/v1/admin/apps/{app_id}", tag = "apps", security(("bearer" = [])),
     params(("app_id" = Uuid, Path)),
-    responses((status = 200, body = App), (status = "4XX", body = ErrorBody)))]
+    responses((status = 200, body = App)))]
 async fn get_app(
     State(st): State<AppState>,
     principal: Principal,
@@ -65,7 +67,7 @@ async fn get_app(
 
 #[utoipa::path(delete, path = "/api/v1/admin/apps/{app_id}", tag = "apps", security(("bearer" = [])),
     params(("app_id" = Uuid, Path)),
-    responses((status = 204), (status = "4XX", body = ErrorBody)))]
+    responses((status = 204)))]
 async fn delete_app(
     State(st): State<AppState>,
     principal: Principal,

@@ -22,6 +22,7 @@ use uuid::Uuid;
 #[derive(Deserialize, ToSchema)]
 pub struct SaveScript {
     /// `[A-Za-z0-9_-]{1,64}`, unique in the app.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: String,
     /// Rhai source; it must compile.
     pub source: String,
@@ -41,8 +42,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
     responses((status = 201, body = Script),
         (status = 413, description = "source above PICLOUD_SCRIPT_MAX_SOURCE_BYTES (`limit` in the body)", body = ErrorBody),
         (status = 422, description = "validation_error or compile_error (with line and column; also a compile past its time bound)", body = ErrorBody),
-        (status = 503, description = "every script worker is busy", body = ErrorBody),
-        (status = "4XX", body = ErrorBody)))]
+        (status = 409, description = "`conflict`: another script of the app has this name", body = ErrorBody),
+        (status = 503, description = "`unavailable`: every script worker is busy; retry after `Retry-After` seconds", body = ErrorBody)))]
 async fn create_script(
     State(st): State<AppState>,
     principal: Principal,
@@ -67,7 +68,7 @@ async fn create_script(
 
 #[utoipa::path(get, path = "/api/v1/admin/apps/{app_id}/scripts", tag = "scripts",
     security(("bearer" = [])), params(("app_id" = Uuid, Path)),
-    responses((status = 200, body = Vec<Script>), (status = "4XX", body = ErrorBody)))]
+    responses((status = 200, body = Vec<Script>)))]
 async fn list_scripts(
     State(st): State<AppState>,
     principal: Principal,
@@ -80,7 +81,7 @@ async fn list_scripts(
 
 #[utoipa::path(get, path = "/api/v1/admin/apps/{app_id}/scripts/{script_id}", tag = "scripts",
     security(("bearer" = [])), params(("app_id" = Uuid, Path), ("script_id" = Uuid, Path)),
-    responses((status = 200, body = ScriptWithSource), (status = "4XX", body = ErrorBody)))]
+    responses((status = 200, body = ScriptWithSource)))]
 async fn get_script(
     State(st): State<AppState>,
     principal: Principal,
@@ -98,8 +99,8 @@ async fn get_script(
     responses((status = 200, body = Script),
         (status = 413, description = "source above PICLOUD_SCRIPT_MAX_SOURCE_BYTES (`limit` in the body)", body = ErrorBody),
         (status = 422, description = "validation_error or compile_error (with line and column; also a compile past its time bound)", body = ErrorBody),
-        (status = 503, description = "every script worker is busy", body = ErrorBody),
-        (status = "4XX", body = ErrorBody)))]
+        (status = 409, description = "`conflict`: another script of the app has this name", body = ErrorBody),
+        (status = 503, description = "`unavailable`: every script worker is busy; retry after `Retry-After` seconds", body = ErrorBody)))]
 async fn update_script(
     State(st): State<AppState>,
     principal: Principal,
@@ -129,7 +130,7 @@ async fn update_script(
 
 #[utoipa::path(delete, path = "/api/v1/admin/apps/{app_id}/scripts/{script_id}", tag = "scripts",
     security(("bearer" = [])), params(("app_id" = Uuid, Path), ("script_id" = Uuid, Path)),
-    responses((status = 204), (status = "4XX", body = ErrorBody)))]
+    responses((status = 204)))]
 async fn delete_script(
     State(st): State<AppState>,
     principal: Principal,

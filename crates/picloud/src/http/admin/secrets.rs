@@ -7,7 +7,9 @@ use crate::http::{
     AppState,
 };
 use axum::{extract::State, http::StatusCode, Json};
-use picloud_shared::{auth::Capability, ids::AppId, secrets::SecretInfo};
+use picloud_shared::{
+    auth::Capability, ids::AppId, names::validate_dotted_name, secrets::SecretInfo,
+};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -18,9 +20,10 @@ use uuid::Uuid;
 #[derive(Deserialize, ToSchema)]
 pub struct SetSecret {
     /// `[A-Za-z0-9_.-]{1,128}`.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,128}$")]
     pub name: String,
     /// Any JSON; it is sealed and never returned by the admin API.
-    #[schema(value_type = Object)]
+    #[schema(value_type = serde_json::Value)]
     pub value: Value,
 }
 
@@ -33,8 +36,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 #[utoipa::path(get, path = "/api/v1/admin/apps/{app_id}/secrets", tag = "secrets",
     security(("bearer" = [])), params(("app_id" = Uuid, Path)),
-    responses((status = 200, description = "names and update times, never values", body = Vec<SecretInfo>),
-        (status = "4XX", body = ErrorBody)))]
+    responses((status = 200, description = "names and update times, never values", body = Vec<SecretInfo>)))]
 async fn list_secrets(
     State(st): State<AppState>,
     principal: Principal,
@@ -48,8 +50,7 @@ async fn list_secrets(
 #[utoipa::path(post, path = "/api/v1/admin/apps/{app_id}/secrets", tag = "secrets",
     security(("bearer" = [])), params(("app_id" = Uuid, Path)), request_body = SetSecret,
     responses((status = 200, body = SecretInfo),
-        (status = 413, description = "value above PICLOUD_SECRET_MAX_VALUE_BYTES (limit and actual given)", body = ErrorBody),
-        (status = "4XX", body = ErrorBody)))]
+        (status = 413, description = "value above PICLOUD_SECRET_MAX_VALUE_BYTES (limit and actual given)", body = ErrorBody)))]
 async fn set_secret(
     State(st): State<AppState>,
     principal: Principal,
@@ -66,14 +67,16 @@ async fn set_secret(
 }
 
 #[utoipa::path(delete, path = "/api/v1/admin/apps/{app_id}/secrets/{name}", tag = "secrets",
-    security(("bearer" = [])), params(("app_id" = Uuid, Path), ("name" = String, Path)),
-    responses((status = 204), (status = "4XX", body = ErrorBody)))]
+    security(("bearer" = [])), params(("app_id" = Uuid, Path), ("name" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,128}$")),
+    responses((status = 204)))]
 async fn delete_secret(
     State(st): State<AppState>,
     principal: Principal,
     ApiPath((app_id, name)): ApiPath<(Uuid, String)>,
 ) -> Result<StatusCode, ApiError> {
     principal.require(Capability::AppSecretsWrite)?;
+    // A name outside the pattern is a malformed path, as for every other name.
+    validate_dotted_name("secret", &name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if st.secrets.delete(AppId(app_id), &name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

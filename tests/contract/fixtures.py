@@ -1,0 +1,74 @@
+"""Creates the resources the contract run starts from, through the admin API.
+
+Writes one libFuzzer-style dictionary per kind of id into DIR, which
+schemathesis.toml binds to path parameters: every operation then meets a real
+id in every phase, whatever its random draws, besides the ids the stateful
+phase gets by following the document's links. Resources that delete
+operations may consume live in their own apps, so no deletion can take away
+what another operation is using.
+
+Usage: fixtures.py BASE_URL DIR (the admin key in PICLOUD_CONTRACT_KEY)
+"""
+
+import json
+import os
+import sys
+import urllib.request
+
+DOOMED = 10
+
+
+def call(base, method, path, body):
+    request = urllib.request.Request(
+        base + path,
+        method=method,
+        data=json.dumps(body).encode(),
+        headers={
+            "Authorization": "Bearer " + os.environ["PICLOUD_CONTRACT_KEY"],
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def main():
+    base, out = sys.argv[1], sys.argv[2]
+    kept = call(base, "POST", "/api/v1/admin/apps", {"name": "contract-kept"})["id"]
+    scripts = f"/api/v1/admin/apps/{kept}/scripts"
+    call(base, "POST", scripts, {"name": "kept", "source": "#{ ok: true, got: ctx.request.body }"})
+    edited = call(base, "POST", scripts, {"name": "edited", "source": "1"})["id"]
+
+    container = call(base, "POST", "/api/v1/admin/apps", {"name": "contract-container"})["id"]
+    doomed_scripts = [
+        call(base, "POST", f"/api/v1/admin/apps/{container}/scripts", {"name": f"doomed{i}", "source": "1"})["id"]
+        for i in range(DOOMED)
+    ]
+    doomed_secrets = [
+        call(base, "POST", f"/api/v1/admin/apps/{container}/secrets", {"name": f"doomed.{i}", "value": i})["name"]
+        for i in range(DOOMED)
+    ]
+    doomed_apps = [
+        call(base, "POST", "/api/v1/admin/apps", {"name": f"contract-doomed-{i}"})["id"] for i in range(DOOMED)
+    ]
+    doomed_keys = [
+        call(base, "POST", "/api/v1/admin/api-keys", {"name": f"doomed{i}", "scopes": ["app:read"]})["id"]
+        for i in range(DOOMED)
+    ]
+    dictionaries = {
+        "kept_app": [kept],
+        "kept_script_name": ["kept"],
+        "edited_script": [edited],
+        "container_app": [container],
+        "doomed_scripts": doomed_scripts,
+        "doomed_secrets": doomed_secrets,
+        "doomed_apps": doomed_apps,
+        "doomed_keys": doomed_keys,
+    }
+    for name, values in dictionaries.items():
+        with open(os.path.join(out, name + ".dict"), "w", encoding="utf-8") as fd:
+            fd.writelines(f'"{value}"\n' for value in values)
+
+
+if __name__ == "__main__":
+    main()
