@@ -36,12 +36,28 @@ def main():
     base, out = sys.argv[1], sys.argv[2]
     kept = call(base, "POST", "/api/v1/admin/apps", {"name": "contract-kept"})["id"]
     scripts = f"/api/v1/admin/apps/{kept}/scripts"
-    call(base, "POST", scripts, {"name": "kept", "source": "#{ ok: true, got: ctx.request.body }"})
+    kept_script = call(base, "POST", scripts, {"name": "kept", "source": "#{ ok: true, got: ctx.request.body }"})["id"]
     edited = call(base, "POST", scripts, {"name": "edited", "source": "1"})["id"]
+    kept_trigger = call(
+        base,
+        "POST",
+        f"/api/v1/admin/apps/{kept}/triggers",
+        {"kind": "kv", "script_id": kept_script, "config": {"collection": "contract"}},
+    )["id"]
 
     container = call(base, "POST", "/api/v1/admin/apps", {"name": "contract-container"})["id"]
     doomed_scripts = [
         call(base, "POST", f"/api/v1/admin/apps/{container}/scripts", {"name": f"doomed{i}", "source": "1"})["id"]
+        for i in range(DOOMED)
+    ]
+    holder = call(base, "POST", f"/api/v1/admin/apps/{container}/scripts", {"name": "holder", "source": "1"})["id"]
+    doomed_triggers = [
+        call(
+            base,
+            "POST",
+            f"/api/v1/admin/apps/{container}/triggers",
+            {"kind": "pubsub", "script_id": holder, "config": {"topic": f"doomed.{i}"}},
+        )["id"]
         for i in range(DOOMED)
     ]
     doomed_secrets = [
@@ -59,6 +75,9 @@ def main():
         "kept_app": [kept],
         "kept_script_name": ["kept"],
         "edited_script": [edited],
+        "kept_script": [kept_script],
+        "kept_trigger": [kept_trigger],
+        "doomed_triggers": doomed_triggers,
         "container_app": [container],
         "doomed_scripts": doomed_scripts,
         "doomed_secrets": doomed_secrets,

@@ -35,15 +35,35 @@ fn secret_aad(ids: &[String]) -> Option<Aad<'_>> {
     }
 }
 
+fn inbound_aad(ids: &[String]) -> Option<Aad<'_>> {
+    match ids {
+        [trigger_id] => Some(Aad::Inbound {
+            trigger_id: trigger_id.parse().ok()?,
+        }),
+        _ => None,
+    }
+}
+
 /// The one list of sealed columns.
-pub static SEALED_COLUMNS: &[SealedColumn] = &[SealedColumn {
-    table: "secrets",
-    key_id_column: "key_id",
-    nonce_column: "nonce",
-    ciphertext_column: "ciphertext",
-    identity: &["app_id::text", "name"],
-    aad: secret_aad,
-}];
+pub static SEALED_COLUMNS: &[SealedColumn] = &[
+    SealedColumn {
+        table: "secrets",
+        key_id_column: "key_id",
+        nonce_column: "nonce",
+        ciphertext_column: "ciphertext",
+        identity: &["app_id::text", "name"],
+        aad: secret_aad,
+    },
+    // An email trigger's inbound secret (NULL when the trigger is unsigned).
+    SealedColumn {
+        table: "triggers",
+        key_id_column: "inbound_key_id",
+        nonce_column: "inbound_nonce",
+        ciphertext_column: "inbound_ciphertext",
+        identity: &["id::text"],
+        aad: inbound_aad,
+    },
+];
 
 /// Why sealed data cannot be used with the configured keys.
 #[derive(Debug, thiserror::Error)]
@@ -201,9 +221,7 @@ pub async fn rotate(
             resealed,
             (current as u64).saturating_sub(resealed),
         ));
-        if !report.complete {
-            break;
-        }
+        // A run stopped by `max_batches` still counts what every later table holds.
     }
     Ok(report)
 }

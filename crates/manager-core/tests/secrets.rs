@@ -2,12 +2,18 @@
 
 use picloud_manager_core::{
     sealed::{check_keys, rotate, SealedDataError},
-    service::{apps::AppsService, secrets::SecretsServiceImpl},
+    service::{
+        apps::AppsService,
+        secrets::SecretsServiceImpl,
+        triggers::{NewTriggerRequest, TriggersService},
+    },
     MIGRATOR,
 };
 use picloud_shared::{
     crypto::{Keyring, MasterKey},
+    ids::AppId,
     secrets::SecretsService,
+    triggers::{EmailTriggerConfig, TriggerConfig},
     ServiceError,
 };
 use serde_json::json;
@@ -125,12 +131,15 @@ async fn rotation_reseals_everything_and_resumes_after_interruption(pool: PgPool
             .unwrap();
     }
     writer.set(b, "only-b", json!("b")).await.unwrap();
+    // An email trigger's inbound secret is a sealed column too.
+    let inbound = signed_email_trigger(&pool, old_ring_for(&old), a).await;
 
     let rotating = keyring_of(&new, &[&old]);
     // Interrupted after one batch of 3, as a crash would leave it.
     let partial = rotate(&pool, &rotating, 3, Some(1)).await.unwrap();
     assert!(!partial.complete);
-    assert_eq!(partial.tables, vec![("secrets", 3, 0)]);
+    assert_eq!(partial.tables, vec![("secrets", 3, 0), ("triggers", 0, 0)]);
+    assert_eq!(partial.remaining, 5 + 1);
     // Half way, a server holding both keys reads every value, and the old key alone
     // is no longer enough (the start-up check names the new key).
     let mixed = SecretsServiceImpl::new(pool.clone(), rotating.clone(), 1024);
@@ -150,10 +159,11 @@ async fn rotation_reseals_everything_and_resumes_after_interruption(pool: PgPool
     // Run again: completes, and counts what the first run did.
     let done = rotate(&pool, &rotating, 3, None).await.unwrap();
     assert!(done.complete);
-    assert_eq!(done.tables, vec![("secrets", 5, 3)]);
+    assert_eq!(done.tables, vec![("secrets", 5, 3), ("triggers", 1, 0)]);
+    assert_eq!(done.remaining, 0);
     // Idempotent.
     let again = rotate(&pool, &rotating, 3, None).await.unwrap();
-    assert_eq!(again.tables, vec![("secrets", 0, 8)]);
+    assert_eq!(again.tables, vec![("secrets", 0, 8), ("triggers", 0, 1)]);
 
     // The old key can now be dropped: every secret still reads.
     let new_only = keyring_of(&new, &[]);
@@ -166,6 +176,60 @@ async fn rotation_reseals_everything_and_resumes_after_interruption(pool: PgPool
         );
     }
     assert_eq!(reader.get(b, "only-b").await.unwrap(), Some(json!("b")));
+    let triggers = TriggersService::new(pool.clone(), keyring_of(&new, &[]), "http://x".into());
+    assert_eq!(
+        triggers
+            .inbound_secret(inbound)
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str),
+        Some(INBOUND_SECRET)
+    );
+}
+
+const INBOUND_SECRET: &str = "inbound-secret-0123456789";
+
+fn old_ring_for(key: &str) -> Arc<Keyring> {
+    keyring_of(key, &[])
+}
+
+/// An email trigger of `app` whose inbound secret is sealed with `ring`.
+async fn signed_email_trigger(pool: &PgPool, ring: Arc<Keyring>, app: AppId) -> uuid::Uuid {
+    let script = uuid::Uuid::new_v4();
+    sqlx::query("INSERT INTO scripts (id, app_id, name, source) VALUES ($1, $2, 'h', '1')")
+        .bind(script)
+        .bind(app.0)
+        .execute(pool)
+        .await
+        .unwrap();
+    let triggers = TriggersService::new(pool.clone(), ring, "http://x".into());
+    let created = triggers
+        .create(
+            app,
+            NewTriggerRequest {
+                script_id: script,
+                config: TriggerConfig::Email(EmailTriggerConfig {
+                    inbound_secret: Some(INBOUND_SECRET.into()),
+                    recipient_filter: None,
+                }),
+                retry: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.signed, Some(true));
+    assert_eq!(
+        triggers
+            .inbound_secret(created.id)
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str),
+        Some(INBOUND_SECRET)
+    );
+    created.id
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

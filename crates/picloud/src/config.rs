@@ -40,6 +40,8 @@ pub struct AppConfig {
     pub script_pool: PoolConfig,
     /// Capacity of the compiled-script cache, in bytes.
     pub ast_cache_bytes: usize,
+    /// The base URL clients reach this server at (`PICLOUD_PUBLIC_URL`), for URLs it hands out.
+    pub public_url: String,
 }
 
 impl Default for AppConfig {
@@ -51,6 +53,7 @@ impl Default for AppConfig {
             limits: SandboxLimits::default(),
             script_pool: PoolConfig::for_cores(available_cores()),
             ast_cache_bytes: DEFAULT_AST_CACHE_BYTES,
+            public_url: "http://127.0.0.1:8080".into(),
         }
     }
 }
@@ -237,7 +240,7 @@ impl Config {
         };
         Ok(Self {
             listen,
-            public_url,
+            public_url: public_url.clone(),
             data_dir,
             dev_mode: dev_flag || parse_bool("PICLOUD_DEV_MODE")?,
             database_url: var("DATABASE_URL"),
@@ -280,6 +283,7 @@ impl Config {
                     app_defaults.ast_cache_bytes,
                     0,
                 )?,
+                public_url,
             },
         })
     }

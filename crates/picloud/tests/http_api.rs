@@ -247,6 +247,14 @@ async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
             )
             .await;
         let victim_key = victim_key["id"].as_str().unwrap().to_owned();
+        let (_, victim_trigger) = t
+            .admin(
+                Method::POST,
+                &format!("/api/v1/admin/apps/{app}/triggers"),
+                Some(json!({"kind": "kv", "script_id": script, "config": {"collection": "c"}})),
+            )
+            .await;
+        let victim_trigger = victim_trigger["id"].as_str().unwrap().to_owned();
 
         let routes: Vec<(Method, String, Option<Value>, StatusCode)> = match scope {
             Scope::AppRead => vec![
@@ -262,6 +270,18 @@ async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
                     None,
                     StatusCode::OK,
                 ),
+                (
+                    Method::GET,
+                    format!("/api/v1/admin/apps/{app}/triggers"),
+                    None,
+                    StatusCode::OK,
+                ),
+                (
+                    Method::GET,
+                    format!("/api/v1/admin/apps/{app}/triggers/{victim_trigger}"),
+                    None,
+                    StatusCode::OK,
+                ),
             ],
             Scope::AppWrite => vec![
                 (
@@ -273,6 +293,20 @@ async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
                 (
                     Method::DELETE,
                     format!("/api/v1/admin/apps/{victim_app}"),
+                    None,
+                    StatusCode::NO_CONTENT,
+                ),
+                (
+                    Method::POST,
+                    format!("/api/v1/admin/apps/{app}/triggers"),
+                    Some(
+                        json!({"kind": "cron", "script_id": script, "config": {"schedule": "0 3 * * *"}}),
+                    ),
+                    StatusCode::CREATED,
+                ),
+                (
+                    Method::DELETE,
+                    format!("/api/v1/admin/apps/{app}/triggers/{victim_trigger}"),
                     None,
                     StatusCode::NO_CONTENT,
                 ),
@@ -376,6 +410,7 @@ async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
                 .replace(&victim_script, "{script_id}")
                 .replace(&script, "{script_id}")
                 .replace(&victim_key, "{id}")
+                .replace(&victim_trigger, "{trigger_id}")
                 .replace("/secrets/tok", "/secrets/{name}");
             checked.insert((method.to_string(), template));
         }

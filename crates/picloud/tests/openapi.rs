@@ -23,6 +23,13 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/admin/apps/{app_id}/secrets"),
     ("post", "/api/v1/admin/apps/{app_id}/secrets"),
     ("delete", "/api/v1/admin/apps/{app_id}/secrets/{name}"),
+    ("post", "/api/v1/admin/apps/{app_id}/triggers"),
+    ("get", "/api/v1/admin/apps/{app_id}/triggers"),
+    ("get", "/api/v1/admin/apps/{app_id}/triggers/{trigger_id}"),
+    (
+        "delete",
+        "/api/v1/admin/apps/{app_id}/triggers/{trigger_id}",
+    ),
     ("post", "/api/v1/admin/api-keys"),
     ("get", "/api/v1/admin/api-keys"),
     ("delete", "/api/v1/admin/api-keys/{id}"),
@@ -125,6 +132,7 @@ async fn every_documented_route_is_served(pool: PgPool) {
             .replace("{app_id}", &id.to_string())
             .replace("{script_id}", &id.to_string())
             .replace("{id}", &id.to_string())
+            .replace("{trigger_id}", &id.to_string())
             .replace("{name}", "n")
             .replace("{script_name}", "x");
         let method: Method = method.to_uppercase().parse().unwrap();

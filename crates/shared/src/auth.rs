@@ -98,11 +98,15 @@ pub enum Capability {
     ScriptInvoke,
     AppSecretsRead,
     AppSecretsWrite,
+    /// List and inspect triggers.
+    TriggersRead,
+    /// Register and delete triggers.
+    TriggersWrite,
 }
 
 impl Capability {
     /// Every capability, for tests and tables that must cover them all.
-    pub const ALL: [Capability; 8] = [
+    pub const ALL: [Capability; 10] = [
         Capability::AppsRead,
         Capability::AppsWrite,
         Capability::ScriptsRead,
@@ -111,6 +115,8 @@ impl Capability {
         Capability::ScriptInvoke,
         Capability::AppSecretsRead,
         Capability::AppSecretsWrite,
+        Capability::TriggersRead,
+        Capability::TriggersWrite,
     ];
 
     /// The one capability → scope table.
@@ -124,6 +130,8 @@ impl Capability {
             Capability::ScriptInvoke => Scope::DataWrite,
             Capability::AppSecretsRead => Scope::ScriptRead,
             Capability::AppSecretsWrite => Scope::ScriptWrite,
+            Capability::TriggersRead => Scope::AppRead,
+            Capability::TriggersWrite => Scope::AppWrite,
         }
     }
 }

@@ -1,8 +1,9 @@
-//! Domain records the admin API returns: apps, scripts, API keys.
+//! Domain records the admin API returns: apps, scripts, API keys, triggers.
 
 use crate::{
     auth::Scope,
     ids::{ApiKeyId, AppId, ScriptId},
+    triggers::{RetryPolicy, TriggerKind},
 };
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -66,4 +67,24 @@ impl std::fmt::Debug for CreatedApiKey {
             .field("key", &"<redacted>")
             .finish()
     }
+}
+
+/// A trigger as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct TriggerInfo {
+    pub id: uuid::Uuid,
+    pub app_id: uuid::Uuid,
+    pub kind: TriggerKind,
+    pub script_id: uuid::Uuid,
+    /// The kind's config, without secrets.
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+    pub retry: RetryPolicy,
+    pub created_at: DateTime<Utc>,
+    /// `email` triggers: where the inbound webhook posts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound_url: Option<String>,
+    /// `email` triggers: whether posts must be signed with the trigger's secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed: Option<bool>,
 }

@@ -14,6 +14,7 @@ pub mod kv;
 pub mod names;
 pub mod script;
 pub mod secrets;
+pub mod triggers;
 pub mod values;
 
 pub use error::ServiceError;

@@ -146,3 +146,16 @@ pub async fn delete(
     .fetch_optional(db)
     .await
 }
+
+/// Whether the app has a script with this id.
+pub async fn exists(
+    db: impl PgExecutor<'_>,
+    app: AppId,
+    id: ScriptId,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM scripts WHERE app_id = $1 AND id = $2)")
+        .bind(app.0)
+        .bind(id.0)
+        .fetch_one(db)
+        .await
+}

@@ -5,3 +5,4 @@ pub mod apps;
 pub mod kv;
 pub mod scripts;
 pub mod secrets;
+pub mod triggers;

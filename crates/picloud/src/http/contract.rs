@@ -23,6 +23,11 @@ const SCRIPT_IDS: &[(&str, &str)] = &[
     ("script_id", "$response.body#/id"),
 ];
 
+const TRIGGER_IDS: &[(&str, &str)] = &[
+    ("app_id", "$response.body#/app_id"),
+    ("trigger_id", "$response.body#/id"),
+];
+
 /// Every link in the document. A test checks that each operation with a path
 /// parameter is the target of one that supplies all of them.
 const LINKS: &[LinkSpec] = &[
@@ -61,6 +66,30 @@ const LINKS: &[LinkSpec] = &[
         status: "201",
         to: "list_secrets",
         parameters: &[APP_ID],
+    },
+    LinkSpec {
+        from: "create_app",
+        status: "201",
+        to: "create_trigger",
+        parameters: &[APP_ID],
+    },
+    LinkSpec {
+        from: "create_app",
+        status: "201",
+        to: "list_triggers",
+        parameters: &[APP_ID],
+    },
+    LinkSpec {
+        from: "create_trigger",
+        status: "201",
+        to: "get_trigger",
+        parameters: TRIGGER_IDS,
+    },
+    LinkSpec {
+        from: "create_trigger",
+        status: "201",
+        to: "delete_trigger",
+        parameters: TRIGGER_IDS,
     },
     LinkSpec {
         from: "create_script",

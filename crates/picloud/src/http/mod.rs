@@ -20,7 +20,7 @@ use axum::{
 use picloud_executor_core::{Executor, PooledCompiler, ScriptPool, Services};
 use picloud_manager_core::service::{
     api_keys::ApiKeysService, apps::AppsService, kv::KvServiceImpl, scripts::ScriptsService,
-    secrets::SecretsServiceImpl,
+    secrets::SecretsServiceImpl, triggers::TriggersService,
 };
 use picloud_shared::{crypto::Keyring, secrets::SecretsService};
 use sqlx::PgPool;
@@ -40,6 +40,7 @@ pub struct AppState {
     pub scripts: ScriptsService,
     pub api_keys: ApiKeysService,
     pub secrets: Arc<dyn SecretsService>,
+    pub triggers: TriggersService,
     pub executor: Arc<Executor>,
     /// The bounded script pool every run and compile goes through.
     pub script_pool: ScriptPool,
@@ -115,9 +116,10 @@ pub fn build_app_with_caches(
     let kv = Arc::new(KvServiceImpl::new(pool.clone(), config.kv_max_value_bytes));
     let secrets: Arc<dyn SecretsService> = Arc::new(SecretsServiceImpl::new(
         pool.clone(),
-        keyring,
+        keyring.clone(),
         config.secret_max_value_bytes,
     ));
+    let triggers = TriggersService::new(pool.clone(), keyring, config.public_url.clone());
     let executor = Arc::new(
         Executor::new(
             config.limits.clone(),
@@ -145,6 +147,7 @@ pub fn build_app_with_caches(
         },
         api_keys,
         secrets,
+        triggers,
         executor,
         script_pool,
         metrics: Metrics::new(),

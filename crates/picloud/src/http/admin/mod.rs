@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod apps;
 pub mod scripts;
 pub mod secrets;
+pub mod triggers;
 
 use super::AppState;
 use utoipa_axum::router::OpenApiRouter;
@@ -14,5 +15,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(apps::routes())
         .merge(scripts::routes())
         .merge(secrets::routes())
+        .merge(triggers::routes())
         .merge(api_keys::routes())
 }
