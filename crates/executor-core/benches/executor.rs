@@ -10,6 +10,7 @@ use picloud_executor_core::{
 };
 use picloud_shared::ids::{AppId, ScriptId};
 use picloud_shared::kv::KvService;
+use picloud_shared::triggers::CallContext;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,13 +32,19 @@ fn main() {
     let kv = Arc::new(MemoryKv::new());
     let app = AppId::new();
     runtime
-        .block_on(kv.set(app, "bench", "k", json!({"n": 1, "tags": ["a", "b"]})))
+        .block_on(kv.set(
+            &CallContext::for_app(app),
+            "bench",
+            "k",
+            json!({"n": 1, "tags": ["a", "b"]}),
+        ))
         .expect("seed kv");
     let executor = Executor::new(
         SandboxLimits::default(),
         Services {
             kv,
             secrets: Arc::new(picloud_executor_core::testing::MemorySecrets::new()),
+            pubsub: Arc::new(picloud_executor_core::testing::MemoryPubsub::default()),
         },
         runtime.handle().clone(),
     );
@@ -80,6 +87,8 @@ fn bench(executor: &Executor, app: AppId, name: &str, source: &str, body: Value,
             headers: vec![("content-type".into(), "application/json".into())],
         }),
         event: None,
+        trigger_depth: 0,
+        origin_principal: None,
     };
     for _ in 0..runs.min(1000) {
         executor.run(&script, ctx()).expect("warm-up run");

@@ -18,6 +18,7 @@ use crate::sdk::SdkEnv;
 use crate::watchdog;
 use crate::SandboxLimits;
 use picloud_shared::ids::{AppId, ScriptId};
+use picloud_shared::pubsub::PubsubService;
 use picloud_shared::script::CheckError;
 use picloud_shared::{kv::KvService, secrets::SecretsService, ServiceError};
 use rhai::{Dynamic, Engine, Map, Scope, AST};
@@ -40,6 +41,8 @@ pub struct Services {
     pub kv: Arc<dyn KvService>,
     /// Backs `secrets::`.
     pub secrets: Arc<dyn SecretsService>,
+    /// Backs `pubsub::`.
+    pub pubsub: Arc<dyn PubsubService>,
 }
 
 /// The script to run: its identity, version (the cache key) and source.
@@ -66,6 +69,11 @@ pub struct RunContext {
     pub request: Option<RequestInfo>,
     /// The trigger event, as `ctx.event`.
     pub event: Option<serde_json::Value>,
+    /// 0 for an HTTP invoke; a handler runs at its event's depth. Events the
+    /// run causes get one more (the chain limit counts them).
+    pub trigger_depth: u32,
+    /// The API key the chain started from, passed to every SDK call.
+    pub origin_principal: Option<uuid::Uuid>,
 }
 
 /// The parts of an HTTP request a script sees.
@@ -165,6 +173,8 @@ impl Executor {
         let deadline = Instant::now().checked_add(self.limits.timeout);
         let state = RunState {
             app_id: ctx.app_id,
+            trigger_depth: ctx.trigger_depth,
+            origin_principal: ctx.origin_principal,
             script_name: script.name.clone(),
             trigger: ctx.trigger,
             deadline,

@@ -27,6 +27,8 @@ pub(crate) const REDACTED: &str = "[redacted]";
 #[derive(Debug, Clone)]
 pub(crate) struct RunState {
     pub app_id: AppId,
+    pub trigger_depth: u32,
+    pub origin_principal: Option<uuid::Uuid>,
     pub script_name: String,
     pub trigger: &'static str,
     /// `None` when the timeout is too large to represent.
@@ -231,6 +233,8 @@ mod tests {
     fn state(name: &str) -> RunState {
         RunState {
             app_id: AppId::new(),
+            trigger_depth: 0,
+            origin_principal: None,
             script_name: name.into(),
             trigger: "http",
             deadline: None,

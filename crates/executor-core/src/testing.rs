@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use picloud_shared::ids::AppId;
 use picloud_shared::kv::{page_limit, KvPage, KvService};
 use picloud_shared::names::{validate_dotted_name, validate_kv_key, validate_kv_list_bounds};
+use picloud_shared::triggers::{validate_topic, CallContext};
 use picloud_shared::values::capped_json;
 use picloud_shared::ServiceError;
 use serde_json::Value;
@@ -81,11 +82,12 @@ impl MemoryKv {
 impl KvService for MemoryKv {
     async fn set(
         &self,
-        app: AppId,
+        ctx: &CallContext,
         collection: &str,
         key: &str,
         value: Value,
     ) -> Result<(), ServiceError> {
+        let app = ctx.app_id;
         self.pause().await;
         validate_dotted_name("collection", collection)?;
         validate_kv_key(key)?;
@@ -109,7 +111,13 @@ impl KvService for MemoryKv {
         Ok(self.peek(app, collection, key))
     }
 
-    async fn delete(&self, app: AppId, collection: &str, key: &str) -> Result<bool, ServiceError> {
+    async fn delete(
+        &self,
+        ctx: &CallContext,
+        collection: &str,
+        key: &str,
+    ) -> Result<bool, ServiceError> {
+        let app = ctx.app_id;
         self.pause().await;
         validate_dotted_name("collection", collection)?;
         validate_kv_key(key)?;
@@ -178,7 +186,9 @@ mod tests {
             let kv = MemoryKv::new();
             let app = AppId::new();
             for key in ["a1", "a2", "a3", "b1", "a0"] {
-                kv.set(app, "c", key, json!(1)).await.unwrap();
+                kv.set(&CallContext::for_app(app), "c", key, json!(1))
+                    .await
+                    .unwrap();
             }
             let first = kv.list_page(app, "c", "a", None, 2).await.unwrap();
             assert_eq!(first.keys, ["a0", "a1"]);
@@ -196,12 +206,13 @@ mod tests {
         block(async {
             let kv = MemoryKv::new().with_max_value_bytes(8);
             let app = AppId::new();
-            let bad_name = kv.set(app, "a/b", "k", json!(1)).await.unwrap_err();
+            let ctx = CallContext::for_app(app);
+            let bad_name = kv.set(&ctx, "a/b", "k", json!(1)).await.unwrap_err();
             assert_eq!(bad_name.kind(), "invalid_argument");
             let bad_key = kv.get(app, "c", "").await.unwrap_err();
             assert_eq!(bad_key.kind(), "invalid_argument");
             let too_large = kv
-                .set(app, "c", "k", json!("0123456789"))
+                .set(&ctx, "c", "k", json!("0123456789"))
                 .await
                 .unwrap_err();
             assert_eq!(
@@ -282,6 +293,55 @@ impl picloud_shared::secrets::SecretsService for MemorySecrets {
                 updated_at: chrono::Utc::now(),
             })
             .collect())
+    }
+}
+
+/// One message a [`MemoryPubsub`] received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    /// The context the SDK call passed.
+    pub ctx: CallContext,
+    /// The topic published to.
+    pub topic: String,
+    /// The message, as JSON.
+    pub message: Value,
+}
+
+/// A [`picloud_shared::pubsub::PubsubService`] that records what is published.
+#[derive(Debug, Default)]
+pub struct MemoryPubsub {
+    published: Mutex<Vec<Published>>,
+}
+
+impl MemoryPubsub {
+    /// Everything published so far, in order.
+    pub fn published(&self) -> Vec<Published> {
+        self.published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[async_trait]
+impl picloud_shared::pubsub::PubsubService for MemoryPubsub {
+    async fn publish(
+        &self,
+        ctx: &CallContext,
+        topic: &str,
+        message: Value,
+    ) -> Result<u64, ServiceError> {
+        validate_topic(topic)?;
+        capped_json(&message, DEFAULT_KV_MAX_VALUE_BYTES)?;
+        self.published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Published {
+                ctx: *ctx,
+                topic: topic.to_owned(),
+                message,
+            });
+        Ok(0)
     }
 }
 

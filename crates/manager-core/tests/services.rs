@@ -11,6 +11,7 @@ use picloud_shared::{
     ids::AppId,
     kv::KvService,
     script::{CheckError, CompileError, ScriptCompiler},
+    triggers::CallContext,
     ServiceError,
 };
 use serde_json::json;
@@ -168,6 +169,7 @@ async fn kv_round_trips_lists_pages_and_isolates_apps(pool: PgPool) {
     let a = apps.create("a").await.unwrap().id;
     let b = apps.create("b").await.unwrap().id;
     let kv = KvServiceImpl::new(pool, 64);
+    let ca = CallContext::for_app(a);
 
     for (key, value) in [
         ("s", json!("text")),
@@ -177,7 +179,7 @@ async fn kv_round_trips_lists_pages_and_isolates_apps(pool: PgPool) {
         ("m", json!({"x": [1, 2]})),
         ("n", json!(null)),
     ] {
-        kv.set(a, "things", key, value.clone()).await.unwrap();
+        kv.set(&ca, "things", key, value.clone()).await.unwrap();
         assert_eq!(kv.get(a, "things", key).await.unwrap(), Some(value));
     }
     assert_eq!(
@@ -188,7 +190,7 @@ async fn kv_round_trips_lists_pages_and_isolates_apps(pool: PgPool) {
     assert_eq!(kv.get(a, "things", "absent").await.unwrap(), None);
 
     for key in ["p:2", "p:1", "q", "p_x", "p%"] {
-        kv.set(a, "c", key, json!(1)).await.unwrap();
+        kv.set(&ca, "c", key, json!(1)).await.unwrap();
     }
     let page = kv.list_page(a, "c", "p", None, 2).await.unwrap();
     assert_eq!(page.keys, vec!["p%", "p:1"]);
@@ -208,11 +210,11 @@ async fn kv_round_trips_lists_pages_and_isolates_apps(pool: PgPool) {
         Vec::<String>::new()
     );
 
-    assert!(kv.delete(a, "c", "q").await.unwrap());
-    assert!(!kv.delete(a, "c", "q").await.unwrap());
+    assert!(kv.delete(&ca, "c", "q").await.unwrap());
+    assert!(!kv.delete(&ca, "c", "q").await.unwrap());
 
     assert_eq!(
-        kv.set(a, "c", "big", json!("x".repeat(100))).await,
+        kv.set(&ca, "c", "big", json!("x".repeat(100))).await,
         Err(ServiceError::TooLarge {
             limit: 64,
             actual: 102
@@ -220,15 +222,15 @@ async fn kv_round_trips_lists_pages_and_isolates_apps(pool: PgPool) {
     );
     assert_eq!(kv.get(a, "c", "big").await.unwrap(), None, "nothing stored");
     assert!(matches!(
-        kv.set(a, "bad/collection", "k", json!(1)).await,
+        kv.set(&ca, "bad/collection", "k", json!(1)).await,
         Err(ServiceError::InvalidArgument(_))
     ));
     assert!(matches!(
-        kv.set(a, "c", "", json!(1)).await,
+        kv.set(&ca, "c", "", json!(1)).await,
         Err(ServiceError::InvalidArgument(_))
     ));
     assert!(matches!(
-        kv.set(a, "c", "k", json!("\u{0}")).await,
+        kv.set(&ca, "c", "k", json!("\u{0}")).await,
         Err(ServiceError::InvalidArgument(_))
     ));
 }

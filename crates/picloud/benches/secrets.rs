@@ -8,13 +8,15 @@ use picloud::embedded_pg::{DataDirLock, EmbeddedPostgres};
 use picloud_executor_core::memory::CountingAllocator;
 use picloud_executor_core::{Executor, RunContext, SandboxLimits, ScriptHandle, Services};
 use picloud_manager_core::service::{
-    apps::AppsService, kv::KvServiceImpl, secrets::SecretsServiceImpl,
+    apps::AppsService, events::EventPolicy, kv::KvServiceImpl, pubsub::PubsubServiceImpl,
+    secrets::SecretsServiceImpl,
 };
 use picloud_manager_core::MIGRATOR;
 use picloud_shared::crypto::{Aad, Keyring, MasterKey};
 use picloud_shared::ids::{AppId, ScriptId};
 use picloud_shared::kv::KvService;
 use picloud_shared::secrets::SecretsService;
+use picloud_shared::triggers::CallContext;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use std::os::unix::fs::PermissionsExt;
@@ -73,12 +75,25 @@ fn main() {
             )
             .await
             .expect("seed secret");
-        kv.set(app, "bench", "k", json!("0123456789abcdef0123456789abcdef"))
-            .await
-            .expect("seed kv");
+        kv.set(
+            &CallContext::for_app(app),
+            "bench",
+            "k",
+            json!("0123456789abcdef0123456789abcdef"),
+        )
+        .await
+        .expect("seed kv");
         let executor = Executor::new(
             SandboxLimits::default(),
-            Services { kv, secrets },
+            Services {
+                kv,
+                secrets,
+                pubsub: Arc::new(PubsubServiceImpl::new(
+                    pool.clone(),
+                    64 * 1024,
+                    EventPolicy::default(),
+                )),
+            },
             tokio::runtime::Handle::current(),
         );
         (executor, app)
@@ -125,6 +140,8 @@ fn time_script(executor: &Executor, app: AppId, name: &str, source: &str, runs: 
         trigger: "http",
         request: None,
         event: None,
+        trigger_depth: 0,
+        origin_principal: None,
     };
     for _ in 0..runs.min(500) {
         executor.run(&script, ctx()).expect("warm-up run");

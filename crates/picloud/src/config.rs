@@ -42,6 +42,8 @@ pub struct AppConfig {
     pub ast_cache_bytes: usize,
     /// The base URL clients reach this server at (`PICLOUD_PUBLIC_URL`), for URLs it hands out.
     pub public_url: String,
+    /// Longest trigger chain (`PICLOUD_MAX_TRIGGER_DEPTH`): events deeper are dropped.
+    pub max_trigger_depth: u32,
 }
 
 impl Default for AppConfig {
@@ -54,6 +56,7 @@ impl Default for AppConfig {
             script_pool: PoolConfig::for_cores(available_cores()),
             ast_cache_bytes: DEFAULT_AST_CACHE_BYTES,
             public_url: "http://127.0.0.1:8080".into(),
+            max_trigger_depth: picloud_manager_core::service::events::DEFAULT_MAX_TRIGGER_DEPTH,
         }
     }
 }
@@ -284,6 +287,11 @@ impl Config {
                     0,
                 )?,
                 public_url,
+                max_trigger_depth: parse_num(
+                    "PICLOUD_MAX_TRIGGER_DEPTH",
+                    app_defaults.max_trigger_depth,
+                    1,
+                )?,
             },
         })
     }

@@ -1,6 +1,6 @@
 //! The kv service contract: per-app JSON values addressed by collection and key.
 
-use crate::{ids::AppId, ServiceError};
+use crate::{ids::AppId, triggers::CallContext, ServiceError};
 use async_trait::async_trait;
 use serde_json::Value;
 
@@ -23,10 +23,11 @@ pub struct KvPage {
 /// Per-app key-value storage. The app id always comes from the execution context.
 #[async_trait]
 pub trait KvService: Send + Sync {
-    /// Stores `value` (any JSON; `null` is a value, not a delete).
+    /// Stores `value` (any JSON; `null` is a value, not a delete), and enqueues
+    /// the events of the app's matching `kv` triggers in the same transaction.
     async fn set(
         &self,
-        app: AppId,
+        ctx: &CallContext,
         collection: &str,
         key: &str,
         value: Value,
@@ -38,8 +39,14 @@ pub trait KvService: Send + Sync {
         collection: &str,
         key: &str,
     ) -> Result<Option<Value>, ServiceError>;
-    /// Removes the key; true when something was removed.
-    async fn delete(&self, app: AppId, collection: &str, key: &str) -> Result<bool, ServiceError>;
+    /// Removes the key; true when something was removed (and then, in the same
+    /// transaction, the events of the app's matching `kv` triggers are enqueued).
+    async fn delete(
+        &self,
+        ctx: &CallContext,
+        collection: &str,
+        key: &str,
+    ) -> Result<bool, ServiceError>;
     /// Keys with `prefix` after the cursor `after`, ascending, at most `limit` (capped at 1,000).
     async fn list_page(
         &self,

@@ -12,6 +12,7 @@ pub mod error;
 pub mod ids;
 pub mod kv;
 pub mod names;
+pub mod pubsub;
 pub mod script;
 pub mod secrets;
 pub mod triggers;

@@ -81,7 +81,7 @@ fn set(
     let key = string_arg(F, "key", key, pos)?;
     let value = json_arg(env, F, "value", &value, pos)?;
     let run = current_run(pos)?;
-    let call = env.services.kv.set(run.app_id, &collection, &key, value);
+    let call = env.services.kv.set(&run.call, &collection, &key, value);
     block_on(env, &run, pos, F, call)
 }
 
@@ -100,7 +100,7 @@ fn delete(env: &SdkEnv, pos: Position, collection: Dynamic, key: Dynamic) -> Sdk
     let collection = string_arg(F, "collection", collection, pos)?;
     let key = string_arg(F, "key", key, pos)?;
     let run = current_run(pos)?;
-    let call = env.services.kv.delete(run.app_id, &collection, &key);
+    let call = env.services.kv.delete(&run.call, &collection, &key);
     block_on(env, &run, pos, F, call)
 }
 

@@ -14,12 +14,14 @@
 
 pub(crate) mod kv;
 pub(crate) mod log;
+pub(crate) mod pubsub;
 pub(crate) mod secrets;
 
 use crate::convert::{dynamic_to_json, NotJson};
 use crate::run_state::{self, RunState};
 use crate::Services;
 use picloud_shared::ids::AppId;
+use picloud_shared::triggers::CallContext;
 use picloud_shared::ServiceError;
 use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, Position, INT};
 use std::future::Future;
@@ -80,6 +82,8 @@ fn out_of_time(pos: Position) -> Box<EvalAltResult> {
 pub(crate) struct RunInfo {
     pub app_id: AppId,
     pub deadline: Option<Instant>,
+    /// Who the run acts for, as the services see it.
+    pub call: CallContext,
 }
 
 /// The current run, or `unavailable` when called outside one.
@@ -87,6 +91,11 @@ pub(crate) fn current_run(pos: Position) -> SdkResult<RunInfo> {
     run_state::with_current(|run: &RunState| RunInfo {
         app_id: run.app_id,
         deadline: run.deadline,
+        call: CallContext {
+            app_id: run.app_id,
+            trigger_depth: run.trigger_depth,
+            origin_principal: run.origin_principal,
+        },
     })
     .ok_or_else(|| {
         service_error_to_exception(

@@ -88,6 +88,8 @@ fn trigger_runs_see_the_event_and_no_request() {
         trigger: "kv",
         request: None,
         event: Some(json!({"kind": "kv", "collection": "users", "key": "k"})),
+        trigger_depth: 1,
+        origin_principal: None,
     };
     let out = h
         .executor
@@ -261,4 +263,38 @@ fn a_checked_source_is_not_compiled_again_by_its_first_run() {
         before + 1,
         "a fresh script id compiles"
     );
+}
+
+#[test]
+fn sdk_calls_carry_the_runs_depth_and_origin_to_the_services() {
+    let h = Harness::new();
+    let principal = uuid::Uuid::new_v4();
+    let ctx = RunContext {
+        app_id: h.app,
+        trigger: "pubsub",
+        request: None,
+        event: Some(json!({"kind": "pubsub", "topic": "t", "message": 1})),
+        trigger_depth: 3,
+        origin_principal: Some(principal),
+    };
+    h.executor
+        .run(&script(r#"pubsub::publish("orders.new", #{ id: 7 })"#), ctx)
+        .unwrap();
+    h.run(r#"pubsub::publish("plain", [1, 2])"#).unwrap();
+    let published = h.pubsub.published();
+    assert_eq!(published.len(), 2);
+    assert_eq!(published[0].topic, "orders.new");
+    assert_eq!(published[0].message, json!({"id": 7}));
+    assert_eq!(published[0].ctx.app_id, h.app);
+    assert_eq!(published[0].ctx.trigger_depth, 3);
+    assert_eq!(published[0].ctx.origin_principal, Some(principal));
+    assert_eq!(published[1].ctx.trigger_depth, 0, "an HTTP run is depth 0");
+    assert_eq!(published[1].ctx.origin_principal, None);
+
+    let err = h.run(r#"pubsub::publish("a..b", 1)"#).unwrap_err();
+    assert!(err.to_string().contains("topic"), "{err}");
+    let caught = h
+        .run(r#"let e = (); try { pubsub::publish("", 1) } catch (x) { e = x } e.kind"#)
+        .unwrap();
+    assert_eq!(caught, json!("invalid_argument"));
 }

@@ -15,6 +15,7 @@ struct Harness {
     runtime: tokio::runtime::Runtime,
     executor: Arc<Executor>,
     kv: Arc<MemoryKv>,
+    pubsub: Arc<crate::testing::MemoryPubsub>,
     app: AppId,
 }
 
@@ -42,9 +43,11 @@ impl Harness {
             .build()
             .expect("test runtime");
         let kv = Arc::new(kv);
+        let pubsub = Arc::new(crate::testing::MemoryPubsub::default());
         let services = Services {
             kv: kv.clone(),
             secrets: Arc::new(crate::testing::MemorySecrets::new()),
+            pubsub: pubsub.clone(),
         };
         let executor = Arc::new(
             Executor::new(limits, services, runtime.handle().clone())
@@ -54,6 +57,7 @@ impl Harness {
             runtime,
             executor,
             kv,
+            pubsub,
             app: AppId::new(),
         }
     }
@@ -75,6 +79,8 @@ impl Harness {
             trigger: "http",
             request: Some(RequestInfo { body, headers }),
             event: None,
+            trigger_depth: 0,
+            origin_principal: None,
         }
     }
 }

@@ -568,6 +568,7 @@ fn the_ast_cache_stays_within_its_capacity() {
         crate::Services {
             kv: h.kv.clone(),
             secrets: std::sync::Arc::new(crate::testing::MemorySecrets::new()),
+            pubsub: h.pubsub.clone(),
         },
         h.runtime.handle().clone(),
     )

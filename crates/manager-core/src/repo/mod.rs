@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod apps;
 pub mod kv;
+pub mod outbox;
 pub mod scripts;
 pub mod secrets;
 pub mod triggers;

@@ -1,11 +1,16 @@
 //! `KvService` over PostgreSQL.
 
-use crate::{error::ManagerError, repo};
+use crate::{
+    error::ManagerError,
+    repo::{self, outbox::EventOrigin},
+    service::events::EventPolicy,
+};
 use async_trait::async_trait;
 use picloud_shared::{
     ids::AppId,
     kv::{page_limit, KvPage, KvService},
     names::{validate_dotted_name, validate_kv_key, validate_kv_list_bounds},
+    triggers::CallContext,
     values::capped_json,
     ServiceError,
 };
@@ -20,14 +25,30 @@ pub const DEFAULT_KV_MAX_VALUE_BYTES: usize = 1024 * 1024;
 pub struct KvServiceImpl {
     pool: PgPool,
     max_value_bytes: usize,
+    events: EventPolicy,
 }
 
 impl KvServiceImpl {
-    /// A service over `pool` capping values at `max_value_bytes`.
+    /// A service over `pool` capping values at `max_value_bytes`, with the default event policy.
     pub fn new(pool: PgPool, max_value_bytes: usize) -> Self {
+        Self::with_events(pool, max_value_bytes, EventPolicy::default())
+    }
+
+    /// A service over `pool` whose writes enqueue trigger events under `events`.
+    pub fn with_events(pool: PgPool, max_value_bytes: usize, events: EventPolicy) -> Self {
         Self {
             pool,
             max_value_bytes,
+            events,
+        }
+    }
+
+    fn origin(&self, ctx: &CallContext) -> EventOrigin {
+        let (depth, enqueue) = self.events.child_depth(ctx);
+        EventOrigin {
+            depth,
+            principal: ctx.origin_principal,
+            enqueue,
         }
     }
 }
@@ -44,7 +65,7 @@ fn db_error(e: sqlx::Error) -> ServiceError {
 impl KvService for KvServiceImpl {
     async fn set(
         &self,
-        app: AppId,
+        ctx: &CallContext,
         collection: &str,
         key: &str,
         value: Value,
@@ -52,9 +73,14 @@ impl KvService for KvServiceImpl {
         validate_dotted_name("collection", collection)?;
         validate_kv_key(key)?;
         capped_json(&value, self.max_value_bytes)?;
-        repo::kv::upsert(&self.pool, app, collection, key, &value)
+        let origin = self.origin(ctx);
+        let enqueued = repo::kv::upsert(&self.pool, ctx.app_id, collection, key, &value, &origin)
             .await
-            .map_err(db_error)
+            .map_err(db_error)?;
+        if !origin.enqueue {
+            self.events.record_depth_drop(ctx, "kv", enqueued.matched);
+        }
+        Ok(())
     }
 
     async fn get(
@@ -70,13 +96,23 @@ impl KvService for KvServiceImpl {
             .map_err(db_error)
     }
 
-    async fn delete(&self, app: AppId, collection: &str, key: &str) -> Result<bool, ServiceError> {
+    async fn delete(
+        &self,
+        ctx: &CallContext,
+        collection: &str,
+        key: &str,
+    ) -> Result<bool, ServiceError> {
         validate_dotted_name("collection", collection)?;
         validate_kv_key(key)?;
-        repo::kv::delete(&self.pool, app, collection, key)
-            .await
-            .map(|old| old.is_some())
-            .map_err(db_error)
+        let origin = self.origin(ctx);
+        let (removed, enqueued) =
+            repo::kv::delete(&self.pool, ctx.app_id, collection, key, &origin)
+                .await
+                .map_err(db_error)?;
+        if !origin.enqueue {
+            self.events.record_depth_drop(ctx, "kv", enqueued.matched);
+        }
+        Ok(removed)
     }
 
     async fn list_page(

@@ -2,7 +2,9 @@
 
 pub mod api_keys;
 pub mod apps;
+pub mod events;
 pub mod kv;
+pub mod pubsub;
 pub mod scripts;
 pub mod secrets;
 pub mod triggers;

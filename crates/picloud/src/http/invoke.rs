@@ -102,23 +102,29 @@ async fn invoke(
     validate_resource_name("script", &script_name)
         .map_err(|err| ApiError::BadRequest(err.to_string()))?;
     let (parts, body) = request.into_parts();
-    let (script, trusted_caller) = match find_script(&st, app, &script_name).await? {
+    // `caller`: the key that may invoke, if any; it is the origin of the events the run causes.
+    let (script, caller) = match find_script(&st, app, &script_name).await? {
         Some(script) if script.public => {
             // A caller with a key that may invoke anyway sees error details.
-            let trusted = match authenticate(&parts, &st).await {
-                Ok(principal) => principal.require(Capability::ScriptInvoke).is_ok(),
-                Err(_) => false,
+            let caller = match authenticate(&parts, &st).await {
+                Ok(principal) if principal.require(Capability::ScriptInvoke).is_ok() => {
+                    Some(principal.key_id)
+                }
+                _ => None,
             };
-            (script, trusted)
+            (script, caller)
         }
         found => {
             // Private or unknown: authenticate first, so names do not leak to strangers.
-            authenticate(&parts, &st)
-                .await?
-                .require(Capability::ScriptInvoke)?;
-            (found.ok_or(ApiError::NotFound("script"))?, true)
+            let principal = authenticate(&parts, &st).await?;
+            principal.require(Capability::ScriptInvoke)?;
+            (
+                found.ok_or(ApiError::NotFound("script"))?,
+                Some(principal.key_id),
+            )
         }
     };
+    let trusted_caller = caller.is_some();
     let headers = script_headers(&parts.headers);
     let bytes = read_body(Request::from_parts(parts, body), &st).await?;
     refuse_more_items_than_scripts_hold(&bytes, &st)?;
@@ -133,6 +139,8 @@ async fn invoke(
         trigger: "http",
         request: Some(RequestInfo { body, headers }),
         event: None,
+        trigger_depth: 0,
+        origin_principal: caller.map(|key| key.0),
     };
     let executor = st.executor.clone();
     let started = Instant::now();

@@ -19,8 +19,9 @@ use axum::{
 };
 use picloud_executor_core::{Executor, PooledCompiler, ScriptPool, Services};
 use picloud_manager_core::service::{
-    api_keys::ApiKeysService, apps::AppsService, kv::KvServiceImpl, scripts::ScriptsService,
-    secrets::SecretsServiceImpl, triggers::TriggersService,
+    api_keys::ApiKeysService, apps::AppsService, events::EventPolicy, kv::KvServiceImpl,
+    pubsub::PubsubServiceImpl, scripts::ScriptsService, secrets::SecretsServiceImpl,
+    triggers::TriggersService,
 };
 use picloud_shared::{crypto::Keyring, secrets::SecretsService};
 use sqlx::PgPool;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub api_keys: ApiKeysService,
     pub secrets: Arc<dyn SecretsService>,
     pub triggers: TriggersService,
+    /// The trigger-chain depth limit and its drop counter, shared by every event writer.
+    pub events: EventPolicy,
     pub executor: Arc<Executor>,
     /// The bounded script pool every run and compile goes through.
     pub script_pool: ScriptPool,
@@ -113,7 +116,18 @@ pub fn build_app_with_caches(
     keyring: Arc<Keyring>,
 ) -> std::io::Result<(Router, Caches)> {
     let script_pool = ScriptPool::start(config.script_pool.clone())?;
-    let kv = Arc::new(KvServiceImpl::new(pool.clone(), config.kv_max_value_bytes));
+    let events = EventPolicy::new(config.max_trigger_depth);
+    let kv = Arc::new(KvServiceImpl::with_events(
+        pool.clone(),
+        config.kv_max_value_bytes,
+        events.clone(),
+    ));
+    // A published message is held to the size of a kv value.
+    let pubsub = Arc::new(PubsubServiceImpl::new(
+        pool.clone(),
+        config.kv_max_value_bytes,
+        events.clone(),
+    ));
     let secrets: Arc<dyn SecretsService> = Arc::new(SecretsServiceImpl::new(
         pool.clone(),
         keyring.clone(),
@@ -126,6 +140,7 @@ pub fn build_app_with_caches(
             Services {
                 kv,
                 secrets: secrets.clone(),
+                pubsub,
             },
             tokio::runtime::Handle::current(),
         )
@@ -148,6 +163,7 @@ pub fn build_app_with_caches(
         api_keys,
         secrets,
         triggers,
+        events,
         executor,
         script_pool,
         metrics: Metrics::new(),

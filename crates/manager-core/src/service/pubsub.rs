@@ -1,0 +1,71 @@
+//! `PubsubService` over PostgreSQL: a publish enqueues the events of the app's
+//! matching `pubsub` triggers in one statement.
+
+use crate::{
+    error::ManagerError,
+    repo::{self, outbox::EventOrigin},
+    service::events::EventPolicy,
+};
+use async_trait::async_trait;
+use chrono::{SecondsFormat, Utc};
+use picloud_shared::{
+    pubsub::PubsubService,
+    triggers::{validate_topic, CallContext},
+    values::capped_json,
+    ServiceError,
+};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+/// Pubsub backed by the outbox.
+#[derive(Clone)]
+pub struct PubsubServiceImpl {
+    pool: PgPool,
+    max_message_bytes: usize,
+    events: EventPolicy,
+}
+
+impl PubsubServiceImpl {
+    /// A service over `pool` capping messages at `max_message_bytes` of JSON.
+    pub fn new(pool: PgPool, max_message_bytes: usize, events: EventPolicy) -> Self {
+        Self {
+            pool,
+            max_message_bytes,
+            events,
+        }
+    }
+}
+
+#[async_trait]
+impl PubsubService for PubsubServiceImpl {
+    async fn publish(
+        &self,
+        ctx: &CallContext,
+        topic: &str,
+        message: Value,
+    ) -> Result<u64, ServiceError> {
+        validate_topic(topic)?;
+        capped_json(&message, self.max_message_bytes)?;
+        let payload = json!({
+            "kind": "pubsub",
+            "topic": topic,
+            "message": message,
+            "published_at": Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+        });
+        let (depth, enqueue) = self.events.child_depth(ctx);
+        let origin = EventOrigin {
+            depth,
+            principal: ctx.origin_principal,
+            enqueue,
+        };
+        let enqueued =
+            repo::outbox::enqueue_pubsub(&self.pool, ctx.app_id, topic, &payload, &origin)
+                .await
+                .map_err(|e| ServiceError::from(ManagerError::Database(e)))?;
+        if !enqueue {
+            self.events
+                .record_depth_drop(ctx, "pubsub", enqueued.matched);
+        }
+        Ok(enqueued.queued as u64)
+    }
+}
