@@ -66,6 +66,10 @@ CREATE TABLE dead_letters (
     origin_principal  UUID,
     first_attempt_at  TIMESTAMPTZ NOT NULL,
     last_attempt_at   TIMESTAMPTZ NOT NULL,
+    -- Set in the statement that enqueues its dead_letter triggers' events; a
+    -- dispatcher sweeps rows left unset (a crash between the two commits).
+    fanned_out        BOOLEAN NOT NULL DEFAULT false,
     created_at        TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX dead_letters_by_app ON dead_letters (app_id, created_at DESC, id DESC);
+CREATE INDEX dead_letters_to_fan_out ON dead_letters (created_at) WHERE NOT fanned_out;

@@ -119,6 +119,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The listener's connection limits.
     pub connections: crate::connections::ConnectionLimits,
+    /// The trigger dispatcher's settings.
+    pub dispatch: crate::dispatcher::DispatchConfig,
     pub app: AppConfig,
 }
 
@@ -241,6 +243,15 @@ impl Config {
             max_wait: limits.timeout,
             stack_bytes: script_stack_bytes(&limits, DEFAULT_MAX_MEMORY_BYTES),
         };
+        let shutdown_grace = Duration::from_secs(parse_num("PICLOUD_SHUTDOWN_GRACE_SECS", 15, 0)?);
+        let dispatch = crate::dispatcher::DispatchConfig {
+            // Enough handlers in flight to keep every script worker busy.
+            concurrency: parse_num("PICLOUD_DISPATCH_CONCURRENCY", workers * 2, 1)?,
+            batch_size: parse_num("PICLOUD_DISPATCH_BATCH", 256, 1)?,
+            lease: Duration::from_secs(parse_num("PICLOUD_DISPATCH_LEASE_SECS", 30, 1)?),
+            poll_interval: Duration::from_millis(parse_num("PICLOUD_DISPATCH_POLL_MS", 500, 10)?),
+            shutdown_grace,
+        };
         Ok(Self {
             listen,
             public_url: public_url.clone(),
@@ -250,7 +261,8 @@ impl Config {
             log_format,
             secret_key: var("PICLOUD_SECRET_KEY").map(Zeroizing::new),
             secret_keys_previous: var("PICLOUD_SECRET_KEYS_PREVIOUS").map(Zeroizing::new),
-            shutdown_grace: Duration::from_secs(parse_num("PICLOUD_SHUTDOWN_GRACE_SECS", 15, 0)?),
+            shutdown_grace,
+            dispatch,
             connections: crate::connections::ConnectionLimits {
                 max_connections: parse_num(
                     "PICLOUD_MAX_CONNECTIONS",

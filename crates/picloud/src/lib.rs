@@ -8,10 +8,12 @@ pub mod cache_sync;
 pub mod config;
 pub mod connections;
 pub mod database;
+pub mod dispatcher;
 pub mod embedded_pg;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod scheduler;
 pub mod script_cache;
 pub mod server;
 

@@ -4,9 +4,10 @@
 //! to see everything picloud counts.
 
 use picloud_executor_core::PoolStats;
+use picloud_shared::triggers::TriggerKind;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// The `outcome` label values of script runs.
@@ -28,7 +29,27 @@ pub struct Metrics {
     pool_queued: IntGauge,
     /// `picloud_script_pool_rejections_total`: runs refused with 503 (queue full or wait too long).
     pool_rejections: IntCounter,
+    /// `picloud_outbox_depth`: events waiting or running, all apps (sampled by the dispatcher).
+    pub outbox_depth: IntGauge,
+    /// `picloud_dispatch_latency_seconds`: from an event being due (enqueued, or
+    /// its retry time) to its handler starting.
+    pub dispatch_latency: Histogram,
+    /// `picloud_handler_runs_total{kind, outcome}`: trigger handler runs.
+    pub handler_runs: IntCounterVec,
+    /// `picloud_handler_retries_total{kind}`: failed runs scheduled again.
+    pub handler_retries: IntCounterVec,
+    /// `picloud_dead_letters_total{kind}`: events that failed every attempt.
+    pub dead_letters: IntCounterVec,
+    /// `picloud_dead_letter_handlers_exhausted_total`: dead-letter handler events
+    /// that failed every attempt (dropped: never dead-lettered again).
+    pub dead_letter_handlers_exhausted: IntCounter,
+    /// `picloud_trigger_depth_drops_total`: events dropped for a chain deeper
+    /// than `PICLOUD_MAX_TRIGGER_DEPTH` (caught up from the writers' counter at scrape time).
+    depth_drops: IntCounter,
 }
+
+/// The `outcome` label values of handler runs.
+pub const HANDLER_OUTCOMES: [&str; 3] = ["ok", "error", "limit"];
 
 impl Metrics {
     /// A fresh registry with every metric registered.
@@ -71,13 +92,64 @@ impl Metrics {
             "Script runs refused because the pool was full or the wait too long",
         )
         .expect("static metric definition is valid");
-        let collectors: [Box<dyn prometheus::core::Collector>; 6] = [
+        let outbox_depth = gauge(
+            "picloud_outbox_depth",
+            "Trigger events waiting or running, all apps",
+        );
+        let dispatch_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "picloud_dispatch_latency_seconds",
+                "From an event being due to its handler starting",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0,
+            ]),
+        )
+        .expect("static metric definition is valid");
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition is valid")
+        };
+        let handler_runs = counter_vec(
+            "picloud_handler_runs_total",
+            "Trigger handler runs by trigger kind and outcome",
+            &["kind", "outcome"],
+        );
+        let handler_retries = counter_vec(
+            "picloud_handler_retries_total",
+            "Failed handler runs scheduled again, by trigger kind",
+            &["kind"],
+        );
+        let dead_letters = counter_vec(
+            "picloud_dead_letters_total",
+            "Events that failed every attempt, by trigger kind",
+            &["kind"],
+        );
+        let dead_letter_handlers_exhausted = IntCounter::new(
+            "picloud_dead_letter_handlers_exhausted_total",
+            "Dead-letter handler events that failed every attempt (dropped, never dead-lettered again)",
+        )
+        .expect("static metric definition is valid");
+        let depth_drops = IntCounter::new(
+            "picloud_trigger_depth_drops_total",
+            "Events dropped because their trigger chain was deeper than PICLOUD_MAX_TRIGGER_DEPTH",
+        )
+        .expect("static metric definition is valid");
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
             Box::new(script_runs.clone()),
             Box::new(script_run_duration.clone()),
             Box::new(pool_workers.clone()),
             Box::new(pool_busy.clone()),
             Box::new(pool_queued.clone()),
             Box::new(pool_rejections.clone()),
+            Box::new(outbox_depth.clone()),
+            Box::new(dispatch_latency.clone()),
+            Box::new(handler_runs.clone()),
+            Box::new(handler_retries.clone()),
+            Box::new(dead_letters.clone()),
+            Box::new(dead_letter_handlers_exhausted.clone()),
+            Box::new(depth_drops.clone()),
         ];
         for collector in collectors {
             registry
@@ -90,6 +162,16 @@ impl Metrics {
             script_runs.with_label_values(&["http", outcome]);
             script_run_duration.with_label_values(&[outcome]);
         }
+        for kind in TriggerKind::ALL {
+            for outcome in HANDLER_OUTCOMES {
+                handler_runs.with_label_values(&[kind.as_str(), outcome]);
+                script_runs.with_label_values(&[kind.as_str(), outcome]);
+            }
+            handler_retries.with_label_values(&[kind.as_str()]);
+            if kind != TriggerKind::DeadLetter {
+                dead_letters.with_label_values(&[kind.as_str()]);
+            }
+        }
         Self {
             registry,
             script_runs,
@@ -98,7 +180,20 @@ impl Metrics {
             pool_busy,
             pool_queued,
             pool_rejections,
+            outbox_depth,
+            dispatch_latency,
+            handler_runs,
+            handler_retries,
+            dead_letters,
+            dead_letter_handlers_exhausted,
+            depth_drops,
         }
+    }
+
+    /// Catches the depth-drop counter up with the event writers' count (at scrape time).
+    pub fn observe_depth_drops(&self, total: u64) {
+        let seen = self.depth_drops.get();
+        self.depth_drops.inc_by(total.saturating_sub(seen));
     }
 
     /// Copies a reading of the script pool into its metrics (at scrape time).

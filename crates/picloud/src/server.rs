@@ -13,7 +13,9 @@ use crate::{
     config::Config,
     connections,
     database::{Database, Ownership},
-    http::build_app_with_caches,
+    dispatcher,
+    http::{build_router, build_state},
+    scheduler,
 };
 use anyhow::Context;
 use picloud_manager_core::{sealed::check_keys, service::api_keys::ApiKeysService};
@@ -41,11 +43,17 @@ pub async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
                 config.listen
             )
         })?;
-    let (app, caches) =
-        build_app_with_caches(database.pool.clone(), config.app.clone(), Arc::new(keyring))
-            .context("cannot start the script worker threads")?;
+    let state = build_state(database.pool.clone(), config.app.clone(), Arc::new(keyring))
+        .context("cannot start the script worker threads")?;
     // Ends by itself when the pool closes at shutdown.
-    tokio::spawn(cache_sync::listen(database.pool.clone(), caches));
+    tokio::spawn(cache_sync::listen(
+        database.pool.clone(),
+        state.caches.clone(),
+    ));
+    let dispatcher = dispatcher::start(&state, config.dispatch);
+    let (stop_scheduler, scheduler_stopped) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(scheduler::run(database.pool.clone(), scheduler_stopped));
+    let app = build_router(state);
     tracing::info!(address = %config.listen, "picloud is listening");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -56,8 +64,13 @@ pub async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutdown signal received: no new connections, finishing in-flight requests");
     let _ = stop_tx.send(());
+    let _ = stop_scheduler.send(true);
     let grace = config.shutdown_grace;
-    match tokio::time::timeout(grace, server).await {
+    // Handlers and requests wind down together, each within the grace period.
+    let (_, _, server) = tokio::join!(dispatcher.shutdown(), scheduler, async {
+        tokio::time::timeout(grace, server).await
+    });
+    match server {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "the HTTP server task failed"),
         Err(_) => tracing::warn!(

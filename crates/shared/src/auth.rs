@@ -102,11 +102,17 @@ pub enum Capability {
     TriggersRead,
     /// Register and delete triggers.
     TriggersWrite,
+    /// List and inspect dead letters.
+    DeadLettersRead,
+    /// Replay and delete dead letters.
+    DeadLettersWrite,
+    /// Read an app's outbox counts.
+    OutboxRead,
 }
 
 impl Capability {
     /// Every capability, for tests and tables that must cover them all.
-    pub const ALL: [Capability; 10] = [
+    pub const ALL: [Capability; 13] = [
         Capability::AppsRead,
         Capability::AppsWrite,
         Capability::ScriptsRead,
@@ -117,6 +123,9 @@ impl Capability {
         Capability::AppSecretsWrite,
         Capability::TriggersRead,
         Capability::TriggersWrite,
+        Capability::DeadLettersRead,
+        Capability::DeadLettersWrite,
+        Capability::OutboxRead,
     ];
 
     /// The one capability → scope table.
@@ -132,6 +141,9 @@ impl Capability {
             Capability::AppSecretsWrite => Scope::ScriptWrite,
             Capability::TriggersRead => Scope::AppRead,
             Capability::TriggersWrite => Scope::AppWrite,
+            Capability::DeadLettersRead => Scope::AppRead,
+            Capability::DeadLettersWrite => Scope::AppWrite,
+            Capability::OutboxRead => Scope::AppRead,
         }
     }
 }

@@ -88,3 +88,24 @@ pub struct TriggerInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signed: Option<bool>,
 }
+
+/// A dead letter: an event whose handler failed every attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct DeadLetterInfo {
+    pub id: uuid::Uuid,
+    pub app_id: uuid::Uuid,
+    /// The trigger whose handler failed (null once that trigger is deleted).
+    pub trigger_id: Option<uuid::Uuid>,
+    pub script_id: Option<uuid::Uuid>,
+    /// The kind of that trigger.
+    pub source: String,
+    /// The event that failed, as the handler saw it.
+    #[schema(value_type = Object)]
+    pub event: serde_json::Value,
+    /// Runs made.
+    pub attempts: u32,
+    pub last_error: String,
+    pub first_attempt_at: DateTime<Utc>,
+    pub last_attempt_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}

@@ -58,3 +58,314 @@ pub async fn enqueue_pubsub(
     .fetch_one(db)
     .await
 }
+
+/// An event a dispatcher claimed, with what it needs to run and to fail it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedEvent {
+    pub id: i64,
+    pub app_id: Uuid,
+    pub trigger_id: Uuid,
+    pub script_id: Uuid,
+    pub script_name: String,
+    pub script_version: i64,
+    pub source_kind: String,
+    pub payload: sqlx::types::Json<serde_json::Value>,
+    /// Runs made before this claim (a run lost with its process counts as one).
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub backoff: String,
+    pub base_ms: i64,
+    pub trigger_depth: i32,
+    pub origin_principal: Option<Uuid>,
+    pub first_attempt_at: chrono::DateTime<chrono::Utc>,
+    /// Why the previous run failed, if one did.
+    pub last_error: Option<String>,
+    /// How long the event had been due when it was claimed, in seconds.
+    pub waited_secs: f64,
+}
+
+/// Claims up to `limit` due events for `owner`, leasing them for `lease_ms`.
+/// A claim moves `next_attempt_at` to the lease's end, so the row of a process
+/// that dies becomes due again when its lease runs out; claiming such a row
+/// counts the lost run as an attempt.
+pub async fn claim(
+    db: impl sqlx::PgExecutor<'_>,
+    owner: Uuid,
+    lease_ms: i64,
+    limit: i64,
+) -> Result<Vec<ClaimedEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH due AS ( \
+             SELECT id, next_attempt_at, lease_owner IS NOT NULL AS lost FROM outbox \
+             WHERE next_attempt_at <= now() ORDER BY next_attempt_at LIMIT $3 \
+             FOR UPDATE SKIP LOCKED \
+         ) \
+         UPDATE outbox o SET lease_owner = $1, \
+             lease_until = now() + $2 * interval '1 millisecond', \
+             next_attempt_at = now() + $2 * interval '1 millisecond', \
+             first_attempt_at = coalesce(o.first_attempt_at, now()), \
+             attempts = o.attempts + CASE WHEN due.lost THEN 1 ELSE 0 END, \
+             last_error = CASE WHEN due.lost \
+                 THEN 'the process running this event stopped before it finished (its lease expired)' \
+                 ELSE o.last_error END \
+         FROM due, scripts s \
+         WHERE o.id = due.id AND s.id = o.script_id \
+         RETURNING o.id, o.app_id, o.trigger_id, o.script_id, s.name AS script_name, \
+             s.version AS script_version, o.source_kind, o.payload, o.attempts, o.max_attempts, \
+             o.backoff, o.base_ms, o.trigger_depth, o.origin_principal, o.first_attempt_at, \
+             o.last_error, extract(epoch FROM now() - due.next_attempt_at)::float8 AS waited_secs",
+    )
+    .bind(owner)
+    .bind(lease_ms)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Deletes the handled events `ids` that `owner` still holds.
+pub async fn complete(
+    db: impl sqlx::PgExecutor<'_>,
+    owner: Uuid,
+    ids: &[i64],
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM outbox WHERE id = ANY($1) AND lease_owner = $2")
+        .bind(ids)
+        .bind(owner)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// A failed run to schedule again.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub id: i64,
+    pub next_attempt_at: chrono::DateTime<chrono::Utc>,
+    pub error: String,
+}
+
+/// Counts one more run for each of `retries` that `owner` still holds, keeps
+/// its error, schedules it and releases its lease — one statement for all.
+pub async fn retry(
+    db: impl sqlx::PgExecutor<'_>,
+    owner: Uuid,
+    retries: &[Retry],
+) -> Result<u64, sqlx::Error> {
+    let ids: Vec<i64> = retries.iter().map(|r| r.id).collect();
+    let at: Vec<chrono::DateTime<chrono::Utc>> =
+        retries.iter().map(|r| r.next_attempt_at).collect();
+    let errors: Vec<&str> = retries.iter().map(|r| r.error.as_str()).collect();
+    let done = sqlx::query(
+        "UPDATE outbox o SET attempts = o.attempts + 1, next_attempt_at = r.next_at, \
+             last_error = r.error, lease_owner = NULL, lease_until = NULL \
+         FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS r(id, next_at, error) \
+         WHERE o.id = r.id AND o.lease_owner = $4",
+    )
+    .bind(&ids)
+    .bind(&at)
+    .bind(&errors)
+    .bind(owner)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Extends the leases `owner` holds on `ids` by `lease_ms` from now.
+pub async fn renew(
+    db: impl sqlx::PgExecutor<'_>,
+    owner: Uuid,
+    ids: &[i64],
+    lease_ms: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE outbox SET lease_until = now() + $3 * interval '1 millisecond', \
+             next_attempt_at = now() + $3 * interval '1 millisecond' \
+         WHERE id = ANY($1) AND lease_owner = $2",
+    )
+    .bind(ids)
+    .bind(owner)
+    .bind(lease_ms)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Gives back events `owner` claimed but did not run: due at once, no attempt counted.
+pub async fn release(
+    db: impl sqlx::PgExecutor<'_>,
+    owner: Uuid,
+    ids: &[i64],
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, next_attempt_at = now() \
+         WHERE id = ANY($1) AND lease_owner = $2",
+    )
+    .bind(ids)
+    .bind(owner)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Moves an exhausted event `owner` still holds to `dead_letters` (one
+/// transaction: the outbox row goes, the dead letter is written). `attempts`
+/// is the number of runs made. Returns the dead letter's id, or `None` when
+/// the lease was lost (another process has the event now).
+pub async fn dead_letter(
+    pool: &sqlx::PgPool,
+    owner: Uuid,
+    id: i64,
+    attempts: i32,
+    last_error: &str,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH gone AS ( \
+             DELETE FROM outbox WHERE id = $1 AND lease_owner = $2 \
+             RETURNING app_id, trigger_id, script_id, source_kind, payload, trigger_depth, \
+                 origin_principal, first_attempt_at \
+         ) \
+         INSERT INTO dead_letters (id, app_id, trigger_id, script_id, source_kind, payload, attempts, \
+             last_error, trigger_depth, origin_principal, first_attempt_at, last_attempt_at, fanned_out) \
+         SELECT $3, app_id, trigger_id, script_id, source_kind, payload, $4, $5, trigger_depth, \
+             origin_principal, coalesce(first_attempt_at, now()), now(), source_kind = 'dead_letter' \
+         FROM gone RETURNING id",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(Uuid::new_v4())
+    .bind(attempts)
+    .bind(last_error)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Drops an exhausted event of a dead-letter handler (never dead-lettered
+/// again); true when `owner` still held it.
+pub async fn discard(
+    db: impl sqlx::PgExecutor<'_>,
+    owner: Uuid,
+    id: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM outbox WHERE id = $1 AND lease_owner = $2")
+        .bind(id)
+        .bind(owner)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// A dead letter whose `dead_letter` triggers have not been given its event yet.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeadLetterToFanOut {
+    pub id: Uuid,
+    pub app_id: Uuid,
+    pub trigger_id: Option<Uuid>,
+    pub script_id: Option<Uuid>,
+    pub source_kind: String,
+    pub payload: sqlx::types::Json<serde_json::Value>,
+    pub attempts: i32,
+    pub last_error: String,
+    pub trigger_depth: i32,
+    pub first_attempt_at: chrono::DateTime<chrono::Utc>,
+    pub last_attempt_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Up to `limit` dead letters not fanned out yet (oldest first).
+pub async fn dead_letters_to_fan_out(
+    db: impl sqlx::PgExecutor<'_>,
+    ids: Option<&[Uuid]>,
+    limit: i64,
+) -> Result<Vec<DeadLetterToFanOut>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, app_id, trigger_id, script_id, source_kind, payload, attempts, last_error, \
+             trigger_depth, first_attempt_at, last_attempt_at \
+         FROM dead_letters WHERE NOT fanned_out AND ($1::uuid[] IS NULL OR id = ANY($1)) \
+         ORDER BY created_at LIMIT $2",
+    )
+    .bind(ids)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Enqueues `event` (a dead-letter event) for every `dead_letter` trigger of
+/// the dead letter's app whose filters match it, at `depth`, with the
+/// registering key as origin, and marks the dead letter fanned out — one
+/// statement, so it happens once. `enqueue` false marks it without enqueuing.
+pub async fn fan_out_dead_letter(
+    db: impl sqlx::PgExecutor<'_>,
+    dead_letter_id: Uuid,
+    event: &serde_json::Value,
+    depth: i32,
+    enqueue: bool,
+) -> Result<Enqueued, sqlx::Error> {
+    sqlx::query_as(
+        "WITH dl AS ( \
+             SELECT id, app_id, trigger_id, script_id, source_kind FROM dead_letters \
+             WHERE id = $1 AND NOT fanned_out FOR UPDATE \
+         ), matching AS ( \
+             SELECT t.id, t.script_id, t.max_attempts, t.backoff, t.base_ms, t.created_by \
+             FROM triggers t JOIN dl ON t.app_id = dl.app_id \
+             WHERE t.kind = 'dead_letter' \
+               AND (t.config->>'source' IS NULL OR t.config->>'source' = dl.source_kind) \
+               AND (t.config->>'trigger_id' IS NULL OR t.config->>'trigger_id' = dl.trigger_id::text) \
+               AND (t.config->>'script_id' IS NULL OR t.config->>'script_id' = dl.script_id::text) \
+         ), queued AS ( \
+             INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, \
+                 backoff, base_ms, trigger_depth, origin_principal) \
+             SELECT dl.app_id, m.id, m.script_id, 'dead_letter', $2, m.max_attempts, m.backoff, \
+                 m.base_ms, $3, m.created_by \
+             FROM matching m CROSS JOIN dl WHERE $4 \
+             RETURNING 1 \
+         ), marked AS ( \
+             UPDATE dead_letters SET fanned_out = true WHERE id IN (SELECT id FROM dl) RETURNING 1 \
+         ) \
+         SELECT (SELECT count(*) FROM matching) AS matched, (SELECT count(*) FROM queued) AS queued, \
+             (SELECT count(*) FROM marked) \
+             + (SELECT count(*) FROM (SELECT pg_notify('picloud_outbox', '') FROM queued LIMIT 1) AS n) AS _done",
+    )
+    .bind(dead_letter_id)
+    .bind(sqlx::types::Json(event))
+    .bind(depth)
+    .bind(enqueue)
+    .fetch_one(db)
+    .await
+}
+
+/// Marks a dead letter fanned out without enqueuing anything (its event cannot be decoded).
+pub async fn skip_fan_out(
+    db: impl sqlx::PgExecutor<'_>,
+    dead_letter_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE dead_letters SET fanned_out = true WHERE id = $1")
+        .bind(dead_letter_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// `{depth, in_flight, retrying, oldest_age_secs}` of an app's outbox.
+#[derive(Debug, Clone, Copy, PartialEq, sqlx::FromRow)]
+pub struct OutboxStats {
+    pub depth: i64,
+    pub in_flight: i64,
+    pub retrying: i64,
+    pub oldest_age_secs: f64,
+}
+
+/// The outbox of `app` (all apps when `None`), counted.
+pub async fn stats(
+    db: impl sqlx::PgExecutor<'_>,
+    app: Option<Uuid>,
+) -> Result<OutboxStats, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*) AS depth, \
+             count(*) FILTER (WHERE lease_owner IS NOT NULL AND lease_until > now()) AS in_flight, \
+             count(*) FILTER (WHERE attempts > 0 AND lease_owner IS NULL) AS retrying, \
+             coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age_secs \
+         FROM outbox WHERE $1::uuid IS NULL OR app_id = $1",
+    )
+    .bind(app)
+    .fetch_one(db)
+    .await
+}

@@ -161,3 +161,59 @@ pub async fn inbound_secret(
     })
     .transpose()
 }
+
+/// A cron trigger whose tick is due.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DueCron {
+    pub id: Uuid,
+    pub schedule: String,
+    pub due_at: DateTime<Utc>,
+}
+
+/// Locks up to `limit` cron triggers whose tick is due (skipping those another
+/// process holds); the caller moves each forward with [`fire_cron`] in the same transaction.
+pub async fn lock_due_cron(
+    tx: &mut sqlx::PgConnection,
+    limit: i64,
+) -> Result<Vec<DueCron>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, config->>'schedule' AS schedule, cron_next_at AS due_at FROM triggers \
+         WHERE kind = 'cron' AND cron_next_at <= now() ORDER BY cron_next_at LIMIT $1 \
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(tx)
+    .await
+}
+
+/// Enqueues the cron event of a locked due trigger (`fired_at` its tick) and
+/// moves its next tick to `next` (`None`: the schedule never fires again).
+pub async fn fire_cron(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+    event: &Value,
+    next: Option<DateTime<Utc>>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH moved AS ( \
+             UPDATE triggers SET cron_next_at = $3 WHERE id = $1 \
+             RETURNING id, app_id, script_id, max_attempts, backoff, base_ms, created_by \
+         ) \
+         INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, backoff, \
+             base_ms, trigger_depth, origin_principal) \
+         SELECT app_id, id, script_id, 'cron', $2, max_attempts, backoff, base_ms, 1, created_by FROM moved",
+    )
+    .bind(id)
+    .bind(sqlx::types::Json(event))
+    .bind(next)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// When the next cron tick of any trigger is due, if any is scheduled.
+pub async fn next_cron_at(db: impl PgExecutor<'_>) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT min(cron_next_at) FROM triggers WHERE kind = 'cron'")
+        .fetch_one(db)
+        .await
+}

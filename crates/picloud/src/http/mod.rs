@@ -19,9 +19,9 @@ use axum::{
 };
 use picloud_executor_core::{Executor, PooledCompiler, ScriptPool, Services};
 use picloud_manager_core::service::{
-    api_keys::ApiKeysService, apps::AppsService, events::EventPolicy, kv::KvServiceImpl,
-    pubsub::PubsubServiceImpl, scripts::ScriptsService, secrets::SecretsServiceImpl,
-    triggers::TriggersService,
+    api_keys::ApiKeysService, apps::AppsService, dead_letters::DeadLettersService,
+    events::EventPolicy, kv::KvServiceImpl, pubsub::PubsubServiceImpl, scripts::ScriptsService,
+    secrets::SecretsServiceImpl, triggers::TriggersService,
 };
 use picloud_shared::{crypto::Keyring, secrets::SecretsService};
 use sqlx::PgPool;
@@ -42,6 +42,7 @@ pub struct AppState {
     pub api_keys: ApiKeysService,
     pub secrets: Arc<dyn SecretsService>,
     pub triggers: TriggersService,
+    pub dead_letters: DeadLettersService,
     /// The trigger-chain depth limit and its drop counter, shared by every event writer.
     pub events: EventPolicy,
     pub executor: Arc<Executor>,
@@ -115,6 +116,19 @@ pub fn build_app_with_caches(
     config: AppConfig,
     keyring: Arc<Keyring>,
 ) -> std::io::Result<(Router, Caches)> {
+    let state = build_state(pool, config, keyring)?;
+    let caches = state.caches.clone();
+    Ok((build_router(state), caches))
+}
+
+/// Everything the server runs on: services, the script pool, caches, metrics.
+/// The router and the dispatcher are built over it. Call inside a tokio
+/// runtime; fails only when the script pool's threads cannot start.
+pub fn build_state(
+    pool: PgPool,
+    config: AppConfig,
+    keyring: Arc<Keyring>,
+) -> std::io::Result<AppState> {
     let script_pool = ScriptPool::start(config.script_pool.clone())?;
     let events = EventPolicy::new(config.max_trigger_depth);
     let kv = Arc::new(KvServiceImpl::with_events(
@@ -147,7 +161,6 @@ pub fn build_app_with_caches(
         .with_ast_cache_bytes(config.ast_cache_bytes),
     );
     let api_keys = ApiKeysService::new(pool.clone());
-    let max_request_bytes = config.max_request_bytes;
     let state = AppState {
         apps: AppsService::new(pool.clone()),
         scripts: ScriptsService::new(
@@ -163,6 +176,7 @@ pub fn build_app_with_caches(
         api_keys,
         secrets,
         triggers,
+        dead_letters: DeadLettersService::new(pool.clone(), events.clone()),
         events,
         executor,
         script_pool,
@@ -171,11 +185,16 @@ pub fn build_app_with_caches(
         openapi_json: Arc::default(),
         pool,
     };
-    let caches = state.caches.clone();
+    Ok(state)
+}
+
+/// The HTTP application over `state`.
+pub fn build_router(state: AppState) -> Router {
+    let max_request_bytes = state.config.max_request_bytes;
     let (router, doc) = routes().split_for_parts();
     let doc_json = finished_document(doc).to_string();
     let _ = state.openapi_json.set(doc_json);
-    let router = router
+    router
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_request_bytes))
@@ -190,6 +209,5 @@ pub fn build_app_with_caches(
                 tracing::info_span!("request", method = %req.method(), route)
             }),
         )
-        .with_state(state);
-    Ok((router, caches))
+        .with_state(state)
 }

@@ -8,7 +8,13 @@ use axum::{
     Router,
 };
 use http_body_util::BodyExt;
-use picloud::{build_app, config::AppConfig};
+use picloud::{
+    build_app,
+    config::AppConfig,
+    dispatcher::{self, DispatchConfig, DispatcherHandle},
+    http::{build_router, build_state, AppState},
+    scheduler,
+};
 use picloud_executor_core::SandboxLimits;
 use picloud_manager_core::service::api_keys::ApiKeysService;
 use picloud_shared::{
@@ -177,6 +183,81 @@ impl TestApp {
             Some(body),
         )
         .await
+    }
+}
+
+/// A [`TestApp`] whose dispatcher and cron scheduler run, as in `serve`.
+pub struct Running {
+    pub app: TestApp,
+    pub state: AppState,
+    dispatcher: DispatcherHandle,
+    stop_scheduler: tokio::sync::watch::Sender<bool>,
+    scheduler: tokio::task::JoinHandle<()>,
+}
+
+/// Dispatcher settings for tests: quick polls, a short lease and grace.
+pub fn test_dispatch() -> DispatchConfig {
+    DispatchConfig {
+        concurrency: 8,
+        batch_size: 64,
+        lease: Duration::from_secs(10),
+        poll_interval: Duration::from_millis(50),
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+impl TestApp {
+    /// The app with its background workers running.
+    pub async fn running(pool: PgPool, config: AppConfig) -> Running {
+        let admin_key = ApiKeysService::new(pool.clone())
+            .create("test-admin", &[Scope::Admin])
+            .await
+            .expect("create admin key")
+            .key;
+        let state = build_state(pool.clone(), config, test_keyring()).expect("the app builds");
+        let dispatcher = dispatcher::start(&state, test_dispatch());
+        let (stop_scheduler, stopped) = tokio::sync::watch::channel(false);
+        let scheduler = tokio::spawn(scheduler::run(pool.clone(), stopped));
+        Running {
+            app: TestApp {
+                router: build_router(state.clone()),
+                pool,
+                admin_key,
+            },
+            state,
+            dispatcher,
+            stop_scheduler,
+            scheduler,
+        }
+    }
+}
+
+impl Running {
+    /// Stops the background workers.
+    pub async fn stop(self) {
+        let _ = self.stop_scheduler.send(true);
+        let _ = self.scheduler.await;
+        self.dispatcher.shutdown().await;
+    }
+}
+
+/// Polls `probe` every 25 ms until it returns `Some`, for at most `within`;
+/// panics with `what` otherwise. For effects that happen in the background.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod apps;
+pub mod dead_letters;
 pub mod scripts;
 pub mod secrets;
 pub mod triggers;
@@ -16,5 +17,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(scripts::routes())
         .merge(secrets::routes())
         .merge(triggers::routes())
+        .merge(dead_letters::routes())
         .merge(api_keys::routes())
 }

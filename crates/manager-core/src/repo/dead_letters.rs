@@ -1,0 +1,107 @@
+//! SQL for the `dead_letters` table's admin operations (writing and fanning
+//! out dead letters is in `outbox`, beside the dispatcher's other statements).
+
+use chrono::{DateTime, Utc};
+use picloud_shared::{domain::DeadLetterInfo, ids::AppId};
+use sqlx::{PgExecutor, PgPool, Row};
+use uuid::Uuid;
+
+const COLUMNS: &str =
+    "id, app_id, trigger_id, script_id, source_kind, payload, attempts, last_error, \
+                       first_attempt_at, last_attempt_at, created_at";
+
+fn from_row(row: &sqlx::postgres::PgRow) -> Result<DeadLetterInfo, sqlx::Error> {
+    let attempts: i32 = row.try_get("attempts")?;
+    let first: DateTime<Utc> = row.try_get("first_attempt_at")?;
+    Ok(DeadLetterInfo {
+        id: row.try_get("id")?,
+        app_id: row.try_get("app_id")?,
+        trigger_id: row.try_get("trigger_id")?,
+        script_id: row.try_get("script_id")?,
+        source: row.try_get("source_kind")?,
+        event: row
+            .try_get::<sqlx::types::Json<serde_json::Value>, _>("payload")?
+            .0,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        last_error: row.try_get("last_error")?,
+        first_attempt_at: first,
+        last_attempt_at: row.try_get("last_attempt_at")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// The app's dead letters, newest first, before the dead letter `before`.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    app: AppId,
+    limit: i64,
+    before: Option<Uuid>,
+) -> Result<Vec<DeadLetterInfo>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM dead_letters WHERE app_id = $1 \
+         AND ($2::uuid IS NULL OR (created_at, id) < \
+             (SELECT created_at, id FROM dead_letters WHERE id = $2 AND app_id = $1)) \
+         ORDER BY created_at DESC, id DESC LIMIT $3"
+    ))
+    .bind(app.0)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await?
+    .iter()
+    .map(from_row)
+    .collect()
+}
+
+/// One dead letter of the app.
+pub async fn get(
+    db: impl PgExecutor<'_>,
+    app: AppId,
+    id: Uuid,
+) -> Result<Option<DeadLetterInfo>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM dead_letters WHERE app_id = $1 AND id = $2"
+    ))
+    .bind(app.0)
+    .bind(id)
+    .fetch_optional(db)
+    .await?
+    .as_ref()
+    .map(from_row)
+    .transpose()
+}
+
+/// Deletes a dead letter; true when one was deleted.
+pub async fn delete(db: impl PgExecutor<'_>, app: AppId, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM dead_letters WHERE app_id = $1 AND id = $2")
+        .bind(app.0)
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Enqueues a dead letter's original event for its trigger with fresh
+/// attempts; the new outbox id, or `None` when the trigger is gone.
+pub async fn replay(pool: &PgPool, app: AppId, id: Uuid) -> Result<Option<i64>, sqlx::Error> {
+    let queued: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, \
+             backoff, base_ms, trigger_depth, origin_principal) \
+         SELECT dl.app_id, t.id, t.script_id, dl.source_kind, dl.payload, t.max_attempts, \
+             t.backoff, t.base_ms, dl.trigger_depth, dl.origin_principal \
+         FROM dead_letters dl JOIN triggers t ON t.id = dl.trigger_id AND t.app_id = dl.app_id \
+         WHERE dl.id = $1 AND dl.app_id = $2 \
+         RETURNING id",
+    )
+    .bind(id)
+    .bind(app.0)
+    .fetch_optional(pool)
+    .await?;
+    if queued.is_some() {
+        // Committed already: wake the dispatchers now rather than at their next poll.
+        sqlx::query("SELECT pg_notify('picloud_outbox', '')")
+            .execute(pool)
+            .await?;
+    }
+    Ok(queued)
+}

@@ -1,0 +1,147 @@
+//! Dead letters: fanning them out to `dead_letter` triggers, and the admin
+//! operations (list, inspect, replay, delete).
+
+use crate::{
+    error::ManagerError,
+    repo::{
+        self,
+        outbox::{DeadLetterToFanOut, OutboxStats},
+    },
+    service::events::EventPolicy,
+};
+use picloud_shared::{
+    domain::DeadLetterInfo,
+    ids::AppId,
+    triggers::{CallContext, TriggerEvent},
+};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Most dead letters one list call returns.
+pub const DEAD_LETTER_PAGE_MAX: i64 = 200;
+
+/// Dead letters stored in `dead_letters`.
+#[derive(Clone)]
+pub struct DeadLettersService {
+    pool: PgPool,
+    events: EventPolicy,
+}
+
+impl DeadLettersService {
+    /// A service over `pool`; fan-out obeys `events`' depth limit.
+    pub fn new(pool: PgPool, events: EventPolicy) -> Self {
+        Self { pool, events }
+    }
+
+    /// Enqueues the dead-letter events of dead letters not fanned out yet:
+    /// those named (`ids`), or the oldest `limit` of them. Returns how many
+    /// dead letters were handled.
+    pub async fn fan_out(&self, ids: Option<&[Uuid]>, limit: i64) -> Result<usize, ManagerError> {
+        let rows = repo::outbox::dead_letters_to_fan_out(&self.pool, ids, limit).await?;
+        let handled = rows.len();
+        for row in rows {
+            self.fan_out_one(row).await?;
+        }
+        Ok(handled)
+    }
+
+    async fn fan_out_one(&self, row: DeadLetterToFanOut) -> Result<(), ManagerError> {
+        let original: TriggerEvent = match serde_json::from_value(row.payload.0.clone()) {
+            Ok(event) => event,
+            Err(_) => {
+                tracing::warn!(
+                    dead_letter_id = %row.id,
+                    app_id = %row.app_id,
+                    "a dead letter's event cannot be decoded; it is kept, and no dead_letter trigger is told"
+                );
+                repo::outbox::skip_fan_out(&self.pool, row.id).await?;
+                return Ok(());
+            }
+        };
+        let event = TriggerEvent::DeadLetter {
+            dead_letter_id: row.id,
+            original: Box::new(original),
+            attempts: u32::try_from(row.attempts).unwrap_or(0),
+            last_error: row.last_error.clone(),
+            trigger_id: row.trigger_id.unwrap_or_default(),
+            script_id: row.script_id.unwrap_or_default(),
+            first_attempt_at: row.first_attempt_at,
+            last_attempt_at: row.last_attempt_at,
+        };
+        let payload = serde_json::to_value(&event).map_err(|_| {
+            ManagerError::Unavailable("a dead-letter event could not be encoded".into())
+        })?;
+        let ctx = CallContext {
+            app_id: AppId(row.app_id),
+            trigger_depth: u32::try_from(row.trigger_depth).unwrap_or(u32::MAX),
+            origin_principal: None,
+        };
+        let (depth, enqueue) = self.events.child_depth(&ctx);
+        let enqueued =
+            repo::outbox::fan_out_dead_letter(&self.pool, row.id, &payload, depth, enqueue).await?;
+        if !enqueue {
+            self.events
+                .record_depth_drop(&ctx, "dead_letter", enqueued.matched);
+        }
+        Ok(())
+    }
+
+    /// The app's dead letters, newest first, `limit` at most (1-200), before
+    /// the cursor `before` (a dead letter id from the previous page).
+    pub async fn list(
+        &self,
+        app: AppId,
+        limit: i64,
+        before: Option<Uuid>,
+    ) -> Result<Vec<DeadLetterInfo>, ManagerError> {
+        repo::apps::get(&self.pool, app)
+            .await?
+            .ok_or(ManagerError::NotFound("app"))?;
+        Ok(repo::dead_letters::list(
+            &self.pool,
+            app,
+            limit.clamp(1, DEAD_LETTER_PAGE_MAX),
+            before,
+        )
+        .await?)
+    }
+
+    /// One dead letter of the app.
+    pub async fn get(&self, app: AppId, id: Uuid) -> Result<DeadLetterInfo, ManagerError> {
+        repo::dead_letters::get(&self.pool, app, id)
+            .await?
+            .ok_or(ManagerError::NotFound("dead letter"))
+    }
+
+    /// Deletes a dead letter.
+    pub async fn delete(&self, app: AppId, id: Uuid) -> Result<(), ManagerError> {
+        if repo::dead_letters::delete(&self.pool, app, id).await? {
+            Ok(())
+        } else {
+            Err(ManagerError::NotFound("dead letter"))
+        }
+    }
+
+    /// Enqueues the dead letter's original event again for its trigger, with
+    /// fresh attempts under the trigger's current retry policy. The dead
+    /// letter stays (delete it when done). Returns the new outbox row's id.
+    pub async fn replay(&self, app: AppId, id: Uuid) -> Result<i64, ManagerError> {
+        self.get(app, id).await?;
+        repo::dead_letters::replay(&self.pool, app, id)
+            .await?
+            .ok_or_else(|| {
+                ManagerError::Conflict(
+                    "the trigger of this dead letter no longer exists; nothing to replay it to"
+                        .into(),
+                )
+            })
+    }
+
+    /// The app's outbox, counted.
+    pub async fn outbox_stats(&self, app: AppId) -> Result<OutboxStats, ManagerError> {
+        repo::apps::get(&self.pool, app)
+            .await?
+            .ok_or(ManagerError::NotFound("app"))?;
+        Ok(repo::outbox::stats(&self.pool, Some(app.0)).await?)
+    }
+}

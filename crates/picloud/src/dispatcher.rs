@@ -1,0 +1,604 @@
+//! The dispatcher: runs trigger handlers for the events in the outbox.
+//!
+//! Vocabulary: an event is **claimed** (leased to this process with
+//! `FOR UPDATE SKIP LOCKED`, so several processes share the work), **run**
+//! on the script pool (`Admission::Wait`: a handler has nobody to answer
+//! 503 to), then **completed** (deleted), **retried** (attempts + 1, due again
+//! after the trigger's backoff with jitter, error kept) or **dead-lettered**
+//! (after its last attempt: moved to `dead_letters`, then fanned out to the
+//! app's `dead_letter` triggers). An event whose process died is **rescued**:
+//! a claim moves the row's due time to the lease's end, so it becomes due
+//! again when the lease runs out, and that lost run counts as an attempt.
+//!
+//! Claims take as many events as there are free run slots
+//! (`PICLOUD_DISPATCH_CONCURRENCY`) in one statement; outcomes are written by
+//! one writer task that takes everything finished since its last write, so
+//! under load completions and retries go out as one statement each. Leases
+//! of running events are renewed every third of the lease. The dispatcher
+//! wakes on `NOTIFY picloud_outbox` (sent at the commit of an enqueue) and
+//! polls as a fallback (`PICLOUD_DISPATCH_POLL_MS`), which also picks up
+//! retries when they fall due.
+//!
+//! Delivery is at least once: a handler can run again after it ran (its
+//! process died before the completion was written, or its lease ran out).
+
+use crate::http::AppState;
+use chrono::Utc;
+use picloud_executor_core::{Admission, Executor, RunContext, RunError, ScriptHandle, ScriptPool};
+use picloud_manager_core::{
+    repo::{
+        self,
+        outbox::{ClaimedEvent, Retry},
+    },
+    service::dead_letters::DeadLettersService,
+};
+use picloud_shared::{
+    ids::{AppId, ScriptId},
+    triggers::{Backoff, RetryPolicy, TriggerKind},
+};
+use rand::Rng;
+use sqlx::PgPool;
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::{Duration, Instant},
+};
+use tokio::{
+    sync::{mpsc, watch, Notify, Semaphore},
+    task::JoinSet,
+};
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+
+/// Longest `last_error` kept on an event or a dead letter.
+const MAX_ERROR_CHARS: usize = 4096;
+/// Most outcomes written in one round.
+const MAX_WRITE_BATCH: usize = 1024;
+/// How often the outbox depth gauge and the dead-letter fan-out sweep run.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The dispatcher's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DispatchConfig {
+    /// Handlers running (or waiting for a script worker) at once.
+    pub concurrency: usize,
+    /// Most events one claim takes.
+    pub batch_size: usize,
+    /// How long a claim holds an event before another process may rescue it.
+    pub lease: Duration,
+    /// The longest wait between two looks at the outbox when no NOTIFY comes.
+    pub poll_interval: Duration,
+    /// At shutdown, how long running handlers get to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            batch_size: 256,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What became of one claimed event.
+enum Outcome {
+    Completed(i64),
+    Retry(Retry),
+    Exhausted {
+        id: i64,
+        kind: TriggerKind,
+        attempts: i32,
+        error: String,
+    },
+}
+
+/// Everything a run needs, shared by the dispatcher's tasks.
+struct Shared {
+    pool: PgPool,
+    executor: Arc<Executor>,
+    script_pool: ScriptPool,
+    metrics: Metrics,
+    dead_letters: DeadLettersService,
+    owner: Uuid,
+    config: DispatchConfig,
+    /// Sources of script versions, fetched once per version.
+    sources: Mutex<HashMap<(Uuid, i64), Arc<str>>>,
+    /// Events this process holds, and whether their handler has started.
+    in_flight: Mutex<HashMap<i64, Arc<AtomicBool>>>,
+}
+
+/// A running dispatcher; [`DispatcherHandle::shutdown`] stops it.
+pub struct DispatcherHandle {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DispatcherHandle {
+    /// Stops claiming, lets running handlers finish within the grace period,
+    /// gives back what never started, writes the last outcomes, and returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Starts a dispatcher over the server's state. Call inside a tokio runtime.
+pub fn start(state: &AppState, config: DispatchConfig) -> DispatcherHandle {
+    let shared = Arc::new(Shared {
+        pool: state.pool.clone(),
+        executor: state.executor.clone(),
+        script_pool: state.script_pool.clone(),
+        metrics: state.metrics.clone(),
+        dead_letters: state.dead_letters.clone(),
+        owner: Uuid::new_v4(),
+        config,
+        sources: Mutex::default(),
+        in_flight: Mutex::default(),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(run(shared, stopped));
+    DispatcherHandle { stop, task }
+}
+
+async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    tracing::info!(owner = %shared.owner, concurrency = shared.config.concurrency, "dispatcher started");
+    let wake = Arc::new(Notify::new());
+    let listener = tokio::spawn(listen(shared.pool.clone(), wake.clone()));
+    let (outcomes, outcomes_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_outcomes(shared.clone(), outcomes_rx));
+    let renewer = tokio::spawn(renew_leases(shared.clone()));
+    let housekeeper = tokio::spawn(housekeeping(shared.clone()));
+    let slots = Arc::new(Semaphore::new(shared.config.concurrency.max(1)));
+    let mut handlers = JoinSet::new();
+    let mut backoff = Duration::from_millis(50);
+
+    while !*stopped.borrow() {
+        // Reap finished handler tasks so the set does not grow.
+        while handlers.try_join_next().is_some() {}
+        let free = slots.available_permits();
+        if free == 0 {
+            tokio::select! {
+                permit = slots.clone().acquire_owned() => drop(permit),
+                _ = stopped.changed() => break,
+            }
+            continue;
+        }
+        let limit = free.min(shared.config.batch_size);
+        let lease_ms = i64::try_from(shared.config.lease.as_millis()).unwrap_or(i64::MAX);
+        let claimed =
+            match repo::outbox::claim(&shared.pool, shared.owner, lease_ms, limit as i64).await {
+                Ok(claimed) => {
+                    backoff = Duration::from_millis(50);
+                    claimed
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming events failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = stopped.changed() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+        let full = claimed.len() == limit;
+        for event in claimed {
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                // Cannot happen (we claimed no more than the free slots); give it back if it does.
+                let _ = repo::outbox::release(&shared.pool, shared.owner, &[event.id]).await;
+                continue;
+            };
+            let started = Arc::new(AtomicBool::new(false));
+            lock(&shared.in_flight).insert(event.id, started.clone());
+            let (shared, outcomes) = (shared.clone(), outcomes.clone());
+            let claimed_at = Instant::now();
+            handlers.spawn(async move {
+                let id = event.id;
+                if let Some(outcome) = handle(&shared, event, started, claimed_at).await {
+                    let _ = outcomes.send(outcome);
+                } else {
+                    lock(&shared.in_flight).remove(&id);
+                }
+                drop(permit);
+            });
+        }
+        if full {
+            continue;
+        }
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(shared.config.poll_interval) => {}
+            _ = stopped.changed() => break,
+        }
+    }
+
+    // Shutdown: what has not started is given back at once; what runs gets the grace period.
+    let not_started: Vec<i64> = lock(&shared.in_flight)
+        .iter()
+        .filter(|(_, started)| !started.load(Ordering::SeqCst))
+        .map(|(id, _)| *id)
+        .collect();
+    let deadline = tokio::time::Instant::now() + shared.config.shutdown_grace;
+    let mut released = Vec::new();
+    for id in not_started {
+        let flag = lock(&shared.in_flight).get(&id).cloned();
+        // Taking it out of the map first: a handler that starts now finds it
+        // gone and does not run (see `handle`).
+        if let Some(flag) = flag {
+            if flag
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                lock(&shared.in_flight).remove(&id);
+                released.push(id);
+            }
+        }
+    }
+    if !released.is_empty() {
+        match repo::outbox::release(&shared.pool, shared.owner, &released).await {
+            Ok(n) => tracing::info!(released = n, "gave back events that had not started"),
+            Err(e) => {
+                tracing::warn!(error = %e, "giving back unstarted events failed; their leases will expire")
+            }
+        }
+    }
+    loop {
+        tokio::select! {
+            next = handlers.join_next() => if next.is_none() { break },
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(
+                    running = handlers.len(),
+                    "handlers still running after the grace period; their events will be rescued when their leases expire"
+                );
+                handlers.abort_all();
+                break;
+            }
+        }
+    }
+    drop(outcomes);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    renewer.abort();
+    housekeeper.abort();
+    listener.abort();
+    tracing::info!("dispatcher stopped");
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Wakes the claim loop on every `NOTIFY picloud_outbox`; reconnects on failure.
+async fn listen(pool: PgPool, wake: Arc<Notify>) {
+    loop {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen("picloud_outbox").await?;
+            // Events may have been enqueued while nobody listened.
+            wake.notify_one();
+            loop {
+                listener.recv().await?;
+                wake.notify_one();
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        if let Err(e) = listening.await {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::warn!(error = %e, "listening for outbox notifications failed; polling until it is back");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Runs one claimed event; `None` when it was given back before it started.
+async fn handle(
+    shared: &Arc<Shared>,
+    event: ClaimedEvent,
+    started: Arc<AtomicBool>,
+    claimed_at: Instant,
+) -> Option<Outcome> {
+    let kind = TriggerKind::parse(&event.source_kind).unwrap_or(TriggerKind::Kv);
+    let policy = RetryPolicy {
+        max_attempts: u32::try_from(event.max_attempts).unwrap_or(1),
+        backoff: Backoff::parse(&event.backoff).unwrap_or(Backoff::Exponential),
+        base_ms: u64::try_from(event.base_ms).unwrap_or(1000),
+    };
+    // A run lost with its process already used the last attempt.
+    if event.attempts >= event.max_attempts {
+        return Some(Outcome::Exhausted {
+            id: event.id,
+            kind,
+            attempts: event.attempts,
+            error: event
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "no attempts left".into()),
+        });
+    }
+    let script = match source_of(shared, &event).await {
+        Ok(script) => script,
+        Err(error) => return Some(failed(shared, &event, kind, &policy, error)),
+    };
+    let ctx = RunContext {
+        app_id: AppId(event.app_id),
+        trigger: kind.as_str(),
+        request: None,
+        event: Some(event.payload.0.clone()),
+        trigger_depth: u32::try_from(event.trigger_depth).unwrap_or(0),
+        origin_principal: event.origin_principal,
+    };
+    let executor = shared.executor.clone();
+    let metrics = shared.metrics.clone();
+    let waited = event.waited_secs.max(0.0);
+    let run_started = started.clone();
+    let result = shared
+        .script_pool
+        .run(AppId(event.app_id), Admission::Wait, move || {
+            // Given back at shutdown before a worker took it: do not run.
+            if run_started.swap(true, Ordering::SeqCst) {
+                return None;
+            }
+            metrics
+                .dispatch_latency
+                .observe(waited + claimed_at.elapsed().as_secs_f64());
+            let begin = Instant::now();
+            let result = executor.run(&script, ctx);
+            Some((result, begin.elapsed()))
+        })
+        .await;
+    let (result, took) = match result {
+        Ok(Some(ran)) => ran,
+        Ok(None) => return None,
+        Err(_) => {
+            return Some(failed(
+                shared,
+                &event,
+                kind,
+                &policy,
+                "internal error: the script worker failed".into(),
+            ))
+        }
+    };
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(RunError::Script { .. }) => "error",
+        Err(RunError::Limit { .. }) => "limit",
+    };
+    shared
+        .metrics
+        .handler_runs
+        .with_label_values(&[kind.as_str(), outcome])
+        .inc();
+    shared
+        .metrics
+        .record_run(kind.as_str(), outcome, took.as_secs_f64());
+    Some(match result {
+        Ok(_) => Outcome::Completed(event.id),
+        Err(err) => failed(shared, &event, kind, &policy, err.to_string()),
+    })
+}
+
+/// The outcome of a failed run: a retry, or exhaustion after the last attempt.
+fn failed(
+    shared: &Shared,
+    event: &ClaimedEvent,
+    kind: TriggerKind,
+    policy: &RetryPolicy,
+    error: String,
+) -> Outcome {
+    let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
+    let runs = event.attempts.saturating_add(1);
+    if runs >= event.max_attempts {
+        return Outcome::Exhausted {
+            id: event.id,
+            kind,
+            attempts: runs,
+            error,
+        };
+    }
+    shared
+        .metrics
+        .handler_retries
+        .with_label_values(&[kind.as_str()])
+        .inc();
+    let jitter = rand::thread_rng().gen_range(0.5..1.5);
+    let delay = policy.delay(u32::try_from(runs).unwrap_or(1), jitter);
+    let next_attempt_at = Utc::now()
+        + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::days(1));
+    Outcome::Retry(Retry {
+        id: event.id,
+        next_attempt_at,
+        error,
+    })
+}
+
+/// The script version the event was claimed with (its source fetched once per version).
+async fn source_of(shared: &Shared, event: &ClaimedEvent) -> Result<ScriptHandle, String> {
+    let key = (event.script_id, event.script_version);
+    let cached = lock(&shared.sources).get(&key).cloned();
+    let source = match cached {
+        Some(source) => source,
+        None => {
+            let script =
+                repo::scripts::get(&shared.pool, AppId(event.app_id), ScriptId(event.script_id))
+                    .await
+                    .map_err(|e| format!("the handler script could not be loaded: {e}"))?
+                    .ok_or_else(|| "the handler script no longer exists".to_owned())?;
+            let source: Arc<str> = script.source.into();
+            let mut sources = lock(&shared.sources);
+            // A bounded memo: dropped whole when it grows past what any server needs.
+            if sources.len() >= 4096 {
+                sources.clear();
+            }
+            sources.insert((event.script_id, script.script.version), source.clone());
+            if script.script.version != event.script_version {
+                // Updated since the claim: run the current version.
+                return Ok(ScriptHandle {
+                    id: ScriptId(event.script_id),
+                    version: script.script.version,
+                    name: script.script.name,
+                    source,
+                });
+            }
+            source
+        }
+    };
+    Ok(ScriptHandle {
+        id: ScriptId(event.script_id),
+        version: event.script_version,
+        name: event.script_name.clone(),
+        source,
+    })
+}
+
+/// Writes outcomes as they come, everything finished since the last write at once.
+async fn write_outcomes(shared: Arc<Shared>, mut outcomes: mpsc::UnboundedReceiver<Outcome>) {
+    let mut batch = Vec::with_capacity(MAX_WRITE_BATCH);
+    while outcomes.recv_many(&mut batch, MAX_WRITE_BATCH).await > 0 {
+        let mut completed = Vec::new();
+        let mut retries = Vec::new();
+        let mut exhausted = Vec::new();
+        for outcome in batch.drain(..) {
+            match outcome {
+                Outcome::Completed(id) => completed.push(id),
+                Outcome::Retry(retry) => retries.push(retry),
+                Outcome::Exhausted {
+                    id,
+                    kind,
+                    attempts,
+                    error,
+                } => exhausted.push((id, kind, attempts, error)),
+            }
+        }
+        let mut done: Vec<i64> = completed.clone();
+        if !completed.is_empty() {
+            if let Err(e) =
+                with_retries(|| repo::outbox::complete(&shared.pool, shared.owner, &completed))
+                    .await
+            {
+                tracing::error!(error = %e, events = completed.len(), "recording completed events failed; they will run again after their leases expire");
+            }
+        }
+        if !retries.is_empty() {
+            done.extend(retries.iter().map(|r| r.id));
+            if let Err(e) =
+                with_retries(|| repo::outbox::retry(&shared.pool, shared.owner, &retries)).await
+            {
+                tracing::error!(error = %e, events = retries.len(), "scheduling retries failed; the events run again after their leases expire");
+            }
+        }
+        for (id, kind, attempts, error) in exhausted {
+            done.push(id);
+            exhaust(&shared, id, kind, attempts, &error).await;
+        }
+        let mut in_flight = lock(&shared.in_flight);
+        for id in done {
+            in_flight.remove(&id);
+        }
+    }
+}
+
+/// Runs a write up to three times (a brief database hiccup should not cost a lease expiry).
+async fn with_retries<T, F, Fut>(mut write: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut wait = Duration::from_millis(50);
+    let mut tries = 0;
+    loop {
+        match write().await {
+            Ok(value) => return Ok(value),
+            Err(e) if tries >= 2 => return Err(e),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(wait).await;
+                wait *= 4;
+            }
+        }
+    }
+}
+
+/// After the last attempt: a dead letter (then its fan-out), or — for a
+/// dead-letter handler's own event — a logged, counted drop.
+async fn exhaust(shared: &Shared, id: i64, kind: TriggerKind, attempts: i32, error: &str) {
+    if kind == TriggerKind::DeadLetter {
+        match repo::outbox::discard(&shared.pool, shared.owner, id).await {
+            Ok(true) => {
+                shared.metrics.dead_letter_handlers_exhausted.inc();
+                tracing::error!(
+                    event = id,
+                    attempts,
+                    error,
+                    "a dead-letter handler failed every attempt; its event is dropped (dead letters are never dead-lettered again)"
+                );
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "dropping an exhausted dead-letter event failed; it will be retried after its lease expires")
+            }
+        }
+        return;
+    }
+    let dead = match with_retries(|| {
+        repo::outbox::dead_letter(&shared.pool, shared.owner, id, attempts, error)
+    })
+    .await
+    {
+        Ok(Some(dead)) => dead,
+        Ok(None) => return, // another process holds it now
+        Err(e) => {
+            tracing::error!(error = %e, "writing a dead letter failed; the event runs again after its lease expires");
+            return;
+        }
+    };
+    shared
+        .metrics
+        .dead_letters
+        .with_label_values(&[kind.as_str()])
+        .inc();
+    tracing::warn!(dead_letter_id = %dead, kind = kind.as_str(), attempts, "an event failed every attempt and was dead-lettered");
+    if let Err(e) = shared.dead_letters.fan_out(Some(&[dead]), 1).await {
+        // The dead letter is stored; the housekeeping sweep fans it out later.
+        tracing::warn!(error = %e, dead_letter_id = %dead, "fanning out a dead letter failed; it will be retried");
+    }
+}
+
+/// Renews the leases of running events every third of the lease.
+async fn renew_leases(shared: Arc<Shared>) {
+    let every = shared.config.lease / 3;
+    let lease_ms = i64::try_from(shared.config.lease.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        tokio::time::sleep(every).await;
+        let ids: Vec<i64> = lock(&shared.in_flight).keys().copied().collect();
+        if ids.is_empty() {
+            continue;
+        }
+        if let Err(e) = repo::outbox::renew(&shared.pool, shared.owner, &ids, lease_ms).await {
+            tracing::warn!(error = %e, events = ids.len(), "renewing leases failed; retrying at the next renewal");
+        }
+    }
+}
+
+/// Samples the outbox depth and fans out dead letters a crash left behind.
+async fn housekeeping(shared: Arc<Shared>) {
+    loop {
+        if let Ok(stats) = repo::outbox::stats(&shared.pool, None).await {
+            shared.metrics.outbox_depth.set(stats.depth);
+        }
+        if let Err(e) = shared.dead_letters.fan_out(None, 100).await {
+            tracing::warn!(error = %e, "fanning out pending dead letters failed; retrying later");
+        }
+        tokio::time::sleep(HOUSEKEEPING_INTERVAL).await;
+    }
+}
