@@ -13,6 +13,7 @@ Usage: fixtures.py BASE_URL DIR (the admin key in PICLOUD_CONTRACT_KEY)
 import json
 import os
 import sys
+import time
 import urllib.request
 
 DOOMED = 10
@@ -22,7 +23,7 @@ def call(base, method, path, body):
     request = urllib.request.Request(
         base + path,
         method=method,
-        data=json.dumps(body).encode(),
+        data=None if body is None else json.dumps(body).encode(),
         headers={
             "Authorization": "Bearer " + os.environ["PICLOUD_CONTRACT_KEY"],
             "Content-Type": "application/json",
@@ -30,6 +31,34 @@ def call(base, method, path, body):
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
+
+
+def dead_letters_of(base, app, count):
+    """Makes `count` dead letters in `app`: a kv trigger whose handler always
+    fails once, fired by `count` writes; waits for the dispatcher to give up."""
+    scripts = f"/api/v1/admin/apps/{app}/scripts"
+    failing = call(base, "POST", scripts, {"name": "always-fails", "source": 'throw "fixture failure"'})["id"]
+    call(
+        base,
+        "POST",
+        f"/api/v1/admin/apps/{app}/triggers",
+        {
+            "kind": "kv",
+            "script_id": failing,
+            "config": {"collection": "dead-letter-source"},
+            "retry": {"max_attempts": 1, "backoff": "fixed", "base_ms": 1},
+        },
+    )
+    source = f'for i in 0..{count} {{ kv::set("dead-letter-source", "k" + i, i); }}'
+    call(base, "POST", scripts, {"name": "poke", "source": source})
+    call(base, "POST", f"/api/v1/apps/{app}/invoke/poke", {})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        letters = call(base, "GET", f"/api/v1/admin/apps/{app}/dead-letters?limit=200", None)
+        if len(letters) >= count:
+            return [letter["id"] for letter in letters[:count]]
+        time.sleep(0.1)
+    raise SystemExit(f"the dispatcher made no {count} dead letters within 60 s")
 
 
 def main():
@@ -71,6 +100,8 @@ def main():
         call(base, "POST", "/api/v1/admin/api-keys", {"name": f"doomed{i}", "scopes": ["app:read"]})["id"]
         for i in range(DOOMED)
     ]
+    kept_dead_letter = dead_letters_of(base, kept, 1)[0]
+    doomed_dead_letters = dead_letters_of(base, container, DOOMED)
     dictionaries = {
         "kept_app": [kept],
         "kept_script_name": ["kept"],
@@ -78,6 +109,8 @@ def main():
         "kept_script": [kept_script],
         "kept_trigger": [kept_trigger],
         "doomed_triggers": doomed_triggers,
+        "kept_dead_letter": [kept_dead_letter],
+        "doomed_dead_letters": doomed_dead_letters,
         "container_app": [container],
         "doomed_scripts": doomed_scripts,
         "doomed_secrets": doomed_secrets,

@@ -255,6 +255,21 @@ async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
             )
             .await;
         let victim_trigger = victim_trigger["id"].as_str().unwrap().to_owned();
+        // A dead letter, as the dispatcher would write one.
+        let victim_letter = uuid::Uuid::new_v4().to_string();
+        sqlx::query(
+            "INSERT INTO dead_letters (id, app_id, trigger_id, script_id, source_kind, payload, attempts, \
+             last_error, trigger_depth, first_attempt_at, last_attempt_at) \
+             VALUES ($1::uuid, $2::uuid, $3::uuid, $4::uuid, 'kv', '{\"kind\":\"kv\",\"op\":\"set\",\"collection\":\"c\",\"key\":\"k\",\"value\":1}', \
+             3, 'boom', 1, now(), now())",
+        )
+        .bind(&victim_letter)
+        .bind(&app)
+        .bind(&victim_trigger)
+        .bind(&script)
+        .execute(&t.pool)
+        .await
+        .unwrap();
 
         let routes: Vec<(Method, String, Option<Value>, StatusCode)> = match scope {
             Scope::AppRead => vec![
@@ -282,6 +297,24 @@ async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
                     None,
                     StatusCode::OK,
                 ),
+                (
+                    Method::GET,
+                    format!("/api/v1/admin/apps/{app}/dead-letters"),
+                    None,
+                    StatusCode::OK,
+                ),
+                (
+                    Method::GET,
+                    format!("/api/v1/admin/apps/{app}/dead-letters/{victim_letter}"),
+                    None,
+                    StatusCode::OK,
+                ),
+                (
+                    Method::GET,
+                    format!("/api/v1/admin/apps/{app}/outbox/stats"),
+                    None,
+                    StatusCode::OK,
+                ),
             ],
             Scope::AppWrite => vec![
                 (
@@ -303,6 +336,18 @@ async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
                         json!({"kind": "cron", "script_id": script, "config": {"schedule": "0 3 * * *"}}),
                     ),
                     StatusCode::CREATED,
+                ),
+                (
+                    Method::POST,
+                    format!("/api/v1/admin/apps/{app}/dead-letters/{victim_letter}/replay"),
+                    None,
+                    StatusCode::ACCEPTED,
+                ),
+                (
+                    Method::DELETE,
+                    format!("/api/v1/admin/apps/{app}/dead-letters/{victim_letter}"),
+                    None,
+                    StatusCode::NO_CONTENT,
                 ),
                 (
                     Method::DELETE,
@@ -411,6 +456,7 @@ async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
                 .replace(&script, "{script_id}")
                 .replace(&victim_key, "{id}")
                 .replace(&victim_trigger, "{trigger_id}")
+                .replace(&victim_letter, "{id}")
                 .replace("/secrets/tok", "/secrets/{name}");
             checked.insert((method.to_string(), template));
         }

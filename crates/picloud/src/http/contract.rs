@@ -28,6 +28,12 @@ const TRIGGER_IDS: &[(&str, &str)] = &[
     ("trigger_id", "$response.body#/id"),
 ];
 
+/// Dead letters are made by the dispatcher, not by an operation: the list leads to them.
+const FIRST_DEAD_LETTER: &[(&str, &str)] = &[
+    ("app_id", "$request.path.app_id"),
+    ("id", "$response.body#/0/id"),
+];
+
 /// Every link in the document. A test checks that each operation with a path
 /// parameter is the target of one that supplies all of them.
 const LINKS: &[LinkSpec] = &[
@@ -78,6 +84,36 @@ const LINKS: &[LinkSpec] = &[
         status: "201",
         to: "list_triggers",
         parameters: &[APP_ID],
+    },
+    LinkSpec {
+        from: "create_app",
+        status: "201",
+        to: "list_dead_letters",
+        parameters: &[APP_ID],
+    },
+    LinkSpec {
+        from: "create_app",
+        status: "201",
+        to: "outbox_stats",
+        parameters: &[APP_ID],
+    },
+    LinkSpec {
+        from: "list_dead_letters",
+        status: "200",
+        to: "get_dead_letter",
+        parameters: FIRST_DEAD_LETTER,
+    },
+    LinkSpec {
+        from: "list_dead_letters",
+        status: "200",
+        to: "replay_dead_letter",
+        parameters: FIRST_DEAD_LETTER,
+    },
+    LinkSpec {
+        from: "list_dead_letters",
+        status: "200",
+        to: "delete_dead_letter",
+        parameters: FIRST_DEAD_LETTER,
     },
     LinkSpec {
         from: "create_trigger",
