@@ -44,6 +44,10 @@ pub struct AppConfig {
     pub public_url: String,
     /// Longest trigger chain (`PICLOUD_MAX_TRIGGER_DEPTH`): events deeper are dropped.
     pub max_trigger_depth: u32,
+    /// How long a request body may take to arrive (`PICLOUD_HTTP_BODY_TIMEOUT_SECS`).
+    pub body_timeout: Duration,
+    /// Bytes all request bodies being read may hold at once (`PICLOUD_MAX_BODY_BUFFER_BYTES`).
+    pub max_body_buffer_bytes: usize,
 }
 
 impl Default for AppConfig {
@@ -57,6 +61,8 @@ impl Default for AppConfig {
             ast_cache_bytes: DEFAULT_AST_CACHE_BYTES,
             public_url: "http://127.0.0.1:8080".into(),
             max_trigger_depth: picloud_manager_core::service::events::DEFAULT_MAX_TRIGGER_DEPTH,
+            body_timeout: Duration::from_secs(30),
+            max_body_buffer_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -303,6 +309,16 @@ impl Config {
                     "PICLOUD_MAX_TRIGGER_DEPTH",
                     app_defaults.max_trigger_depth,
                     1,
+                )?,
+                body_timeout: Duration::from_secs(parse_num(
+                    "PICLOUD_HTTP_BODY_TIMEOUT_SECS",
+                    app_defaults.body_timeout.as_secs(),
+                    1,
+                )?),
+                max_body_buffer_bytes: parse_num(
+                    "PICLOUD_MAX_BODY_BUFFER_BYTES",
+                    app_defaults.max_body_buffer_bytes,
+                    1024,
                 )?,
             },
         })

@@ -9,6 +9,8 @@
 //!   permit per connection; past the maximum a new connection is answered
 //!   `503` with `Connection: close` and closed at once, so established
 //!   clients and `/healthz` on a fresh connection after them keep working.
+//! - **Stalled writes**: a response write that makes no progress for the same
+//!   timeout fails the connection, so a client that stops reading cannot keep it.
 //! - **Accept errors** (out of file descriptors) back off from 10 ms to 1 s
 //!   and are logged at most once a second, instead of spinning the log.
 //! - **Graceful shutdown**: on stop, accepting ends and every connection is
@@ -20,9 +22,16 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 use tokio::{
-    io::AsyncWriteExt,
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpListener,
     sync::{watch, Semaphore},
 };
@@ -85,6 +94,7 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.idle_timeout)
                 .keep_alive(true);
+            let stream = StallLimited::new(stream, limits.idle_timeout);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
@@ -101,6 +111,101 @@ pub async fn serve(
     let _ = closing_tx.send(true);
     // Every permit back means every connection has closed.
     let _ = permits.acquire_many(limits.max_connections as u32).await;
+}
+
+/// A connection whose writes fail once they have made no progress for
+/// `limit`: a client that stops reading its responses (its receive window
+/// full) cannot hold the connection, and its file descriptor, forever.
+struct StallLimited<T> {
+    inner: T,
+    limit: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> StallLimited<T> {
+    fn new(inner: T, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// After a write that could not proceed: pending until the stall limit, then an error.
+    fn stalled<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        let limit = self.limit;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progressed<R>(&mut self, result: io::Result<R>) -> Poll<io::Result<R>> {
+        self.stalled = None;
+        Poll::Ready(result)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for StallLimited<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for StallLimited<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(result) => this.progressed(result),
+            Poll::Pending => this.stalled(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(result) => this.progressed(result),
+            Poll::Pending => this.stalled(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Ready(result) => this.progressed(result),
+            Poll::Pending => this.stalled(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_shutdown(cx) {
+            Poll::Ready(result) => this.progressed(result),
+            Poll::Pending => this.stalled(cx),
+        }
+    }
 }
 
 /// Resolves once the listener is closing.

@@ -35,6 +35,7 @@ pub async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     }
     ensure_admin_key(&database, &config.data_dir).await?;
 
+    warn_if_connections_exceed_open_files(config.connections.max_connections);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {
@@ -81,6 +82,27 @@ pub async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     database.close().await;
     tracing::info!("picloud stopped");
     Ok(())
+}
+
+/// Says so when `PICLOUD_MAX_CONNECTIONS` does not fit the open-file limit
+/// (with room for the database and files): the accept loop would run out of
+/// descriptors before it reaches the maximum.
+fn warn_if_connections_exceed_open_files(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if (max_connections as u64).saturating_add(512) > limit.rlim_cur {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = limit.rlim_cur,
+            "PICLOUD_MAX_CONNECTIONS is above what the open-file limit allows (it needs the limit minus 512); raise `ulimit -n` or lower it"
+        );
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

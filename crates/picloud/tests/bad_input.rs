@@ -463,3 +463,161 @@ async fn secret_names_outside_their_pattern_in_paths_are_400(pool: PgPool) {
     let (status, body) = t.admin(Method::DELETE, &path, None).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
 }
+
+/// A body that sends its first bytes and then never ends.
+fn never_ending() -> Body {
+    struct Stalls(bool);
+    impl futures_core::Stream for Stalls {
+        type Item = Result<Vec<u8>, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            if self.0 {
+                std::task::Poll::Pending
+            } else {
+                self.0 = true;
+                std::task::Poll::Ready(Some(Ok(b"{\"name\":".to_vec())))
+            }
+        }
+    }
+    Body::from_stream(Stalls(false))
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn scope_and_declared_size_are_answered_before_any_body_is_read(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let reader = t.key_with(&[picloud_shared::auth::Scope::AppRead]).await;
+    let limit = support::test_config().max_request_bytes;
+    let cases = [
+        // A key without the scope: 403 whatever (and however slowly) it sends.
+        (
+            Some(reader.as_str()),
+            "100",
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        // A declared length above the limit: 413 from the headers alone.
+        (
+            Some(t.admin_key.as_str()),
+            &*(limit + 1).to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        // No key at all: 401.
+        (None, "100", StatusCode::UNAUTHORIZED, "unauthorized"),
+    ];
+    for (key, length, status, code) in cases {
+        let mut builder = Request::post("/api/v1/admin/apps")
+            .header("content-type", "application/json")
+            .header("content-length", length)
+            .header("expect", "100-continue");
+        if let Some(key) = key {
+            builder = builder.header("authorization", format!("Bearer {key}"));
+        }
+        let request = builder.body(never_ending()).unwrap();
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(10), t.send(request))
+            .await
+            .unwrap_or_else(|_| panic!("{status}: the server waited for the body"));
+        let body = parse(&answered.1);
+        assert_error(answered.0, &body, status, code);
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            assert_eq!(body["error"]["limit"], limit);
+        }
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_nul_in_script_source_is_422_not_a_database_error(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("a").await;
+    let script = t.create_script(&app, "s", "1", false).await;
+    for (method, uri) in [
+        (Method::POST, format!("/api/v1/admin/apps/{app}/scripts")),
+        (
+            Method::PUT,
+            format!("/api/v1/admin/apps/{app}/scripts/{script}"),
+        ),
+    ] {
+        let (status, body) = t
+            .admin(
+                method.clone(),
+                &uri,
+                Some(json!({"name": "n", "source": "// \u{0}\n1"})),
+            )
+            .await;
+        let message = assert_error(
+            status,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+        );
+        assert!(message.contains("NUL"), "{method}: {message}");
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_duplicate_field_is_named_as_such(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let (status, bytes) = t
+        .send(post_raw(
+            &t,
+            "/api/v1/admin/apps",
+            r#"{"name": "a", "name": "b"}"#,
+        ))
+        .await;
+    let body = parse(&bytes);
+    let message = assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+    );
+    assert_eq!(message, "request body has the field `name` twice");
+    assert_eq!(app_count(&t).await, 0);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_bad_key_on_a_public_script_is_401_not_ignored(pool: PgPool) {
+    let t = TestApp::new(pool).await;
+    let app = t.create_app("a").await;
+    t.create_script(&app, "pub", "42", true).await;
+    let path = format!("/api/v1/apps/{app}/invoke/pub");
+    let (status, body) = t.call(Method::POST, &path, None, Some(json!({}))).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!(42)),
+        "no key is fine"
+    );
+    let revoked = t.key_with(&[picloud_shared::auth::Scope::DataWrite]).await;
+    for key in ["pk_not-a-real-key", revoked.as_str()] {
+        if key == revoked {
+            let (_, keys) = t.admin(Method::GET, "/api/v1/admin/api-keys", None).await;
+            let id = keys
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|k| k["name"] == "scoped")
+                .unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            t.admin(
+                Method::DELETE,
+                &format!("/api/v1/admin/api-keys/{id}"),
+                None,
+            )
+            .await;
+        }
+        let (status, body) = t
+            .call(Method::POST, &path, Some(key), Some(json!({})))
+            .await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    // A valid key without data:write still runs it (as a stranger).
+    let reader = t.key_with(&[picloud_shared::auth::Scope::AppRead]).await;
+    let (status, body) = t
+        .call(Method::POST, &path, Some(&reader), Some(json!({})))
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!(42)));
+}

@@ -285,7 +285,10 @@ fn operations_document_the_errors_they_can_answer() {
                 assert!(has("400") && has("404"), "{what}");
             }
             if op.get("requestBody").is_some() {
-                assert!(has("400") && has("413"), "{what}");
+                assert!(
+                    has("400") && has("408") && has("413") && has("503"),
+                    "{what}"
+                );
             }
             if op.get("requestBody").is_some() && path.starts_with("/api/v1/admin") {
                 assert!(has("422"), "{what}");

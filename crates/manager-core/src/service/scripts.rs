@@ -35,6 +35,12 @@ impl ScriptsService {
 
     async fn check(&self, app_id: AppId, name: &str, source: &str) -> Result<(), ManagerError> {
         validate_resource_name("script", name)?;
+        // PostgreSQL text cannot hold a NUL; say so instead of failing at the insert.
+        if source.contains('\0') {
+            return Err(ManagerError::Validation(
+                "script source must not contain the NUL character".into(),
+            ));
+        }
         self.compiler
             .check(app_id, source)
             .await

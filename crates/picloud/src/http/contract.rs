@@ -179,6 +179,8 @@ const SHARED_ERRORS: &[(&str, &str, &str)] = &[
     ("404", "NotFound", "`not_found`: no such resource in this app"),
     ("413", "TooLarge", "`too_large`: the body is above `PICLOUD_MAX_REQUEST_BYTES` (or a field above its own limit); `limit` gives the bound"),
     ("422", "ValidationError", "`validation_error`: the body is JSON but breaks a rule (a missing field, a name out of its pattern)"),
+    ("408", "RequestTimeout", "`request_timeout`: the body did not arrive within `PICLOUD_HTTP_BODY_TIMEOUT_SECS`"),
+    ("503", "Unavailable", "`unavailable`: the server is busy (request bodies being read fill `PICLOUD_MAX_BODY_BUFFER_BYTES`, or every script worker is taken); retry after `Retry-After` seconds"),
 ];
 
 /// Adds the shared error responses and the links to `doc`.
@@ -216,7 +218,7 @@ fn add_shared_errors(doc: &mut Value) {
             "400" => has_path_params || has_body,
             "401" | "403" => needs_key,
             "404" => has_path_params,
-            "413" => has_body,
+            "413" | "408" | "503" => has_body,
             "422" => has_typed_body,
             _ => false,
         };

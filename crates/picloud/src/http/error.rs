@@ -41,6 +41,9 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Validation(String),
+    /// The request body did not arrive in time: 408.
+    #[error("{0}")]
+    Timeout(String),
     #[error("{message}")]
     Compile {
         message: String,
@@ -75,6 +78,7 @@ pub enum ErrorCode {
     Forbidden,
     NotFound,
     MethodNotAllowed,
+    RequestTimeout,
     Conflict,
     TooLarge,
     ValidationError,
@@ -113,6 +117,7 @@ impl ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed)
             }
             ApiError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge),
             ApiError::Validation(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError)

@@ -7,31 +7,104 @@ use axum::{
     http::{request::Parts, StatusCode},
 };
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A JSON request body for `T`, read but not yet parsed: handlers check the
-/// caller's scope first and [`parse`](JsonBody::parse) after, so a key without
-/// the scope gets 403 whatever the body holds (never 400/422).
+/// A JSON request body for `T`, not yet read: handlers check the caller's
+/// scope first and [`parse`](JsonBody::parse) after, so a key without the
+/// scope gets 403 at once, whatever it sends and however slowly.
 pub struct JsonBody<T> {
-    bytes: Bytes,
+    request: Request,
+    state: AppState,
     target: std::marker::PhantomData<fn() -> T>,
 }
 
 impl<T: DeserializeOwned> JsonBody<T> {
-    /// Parses the body; a failure is described without quoting the input.
-    pub fn parse(self) -> Result<T, ApiError> {
-        parse_json(&self.bytes)
+    /// Reads the body (see [`read_body`]) and parses it; a failure is
+    /// described without quoting the input.
+    pub async fn parse(self) -> Result<T, ApiError> {
+        let body = read_body(self.request, &self.state).await?;
+        parse_json(&body.bytes)
     }
 }
 
-/// Reads the whole body, mapping a body over the limit to 413 with the limit.
-pub async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, state).await.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::body_too_large(state.config.max_request_bytes)
-        } else {
-            ApiError::BadRequest("the request body could not be read".into())
+/// A request body read into memory, holding its share of the in-flight body budget.
+pub struct ReadBody {
+    pub bytes: Bytes,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+/// Reads the whole body, within bounds a slow or hostile client cannot stretch:
+/// - a declared `Content-Length` above the limit is a 413 at once (nothing read,
+///   no `100 Continue`), and a body that grows past it while read is a 413 too;
+/// - the body takes its size (or, unknown, the limit) from the server-wide
+///   budget of bytes in request bodies (`PICLOUD_MAX_BODY_BUFFER_BYTES`):
+///   none left is a 503, so many half-sent bodies cannot exhaust memory;
+/// - the whole body must arrive within `PICLOUD_HTTP_BODY_TIMEOUT_SECS`, or 408.
+pub async fn read_body(req: Request, state: &AppState) -> Result<ReadBody, ApiError> {
+    let limit = state.config.max_request_bytes;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::body_too_large(limit));
+    }
+    let reserve = declared.map_or(limit, |n| n as usize).max(1);
+    let budget = if declared == Some(0) {
+        None
+    } else {
+        Some(state.body_budget.reserve(reserve)?)
+    };
+    let read = Bytes::from_request(req, state);
+    match tokio::time::timeout(state.body_timeout, read).await {
+        Ok(Ok(bytes)) => Ok(ReadBody {
+            bytes,
+            _budget: budget,
+        }),
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(ApiError::body_too_large(limit))
         }
-    })
+        Ok(Err(_)) => Err(ApiError::BadRequest(
+            "the request body could not be read".into(),
+        )),
+        Err(_) => Err(ApiError::Timeout(format!(
+            "the request body did not arrive within {} seconds",
+            state.body_timeout.as_secs()
+        ))),
+    }
+}
+
+/// The server-wide budget of bytes held in request bodies being read.
+#[derive(Clone)]
+pub struct BodyBudget {
+    bytes: Arc<Semaphore>,
+    total: usize,
+}
+
+impl BodyBudget {
+    /// A budget of `total` bytes.
+    pub fn new(total: usize) -> Self {
+        let total = total.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            bytes: Arc::new(Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// Takes `bytes` from the budget until the permit is dropped; 503 when it is spent.
+    fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+        let bytes = u32::try_from(bytes.min(self.total)).unwrap_or(u32::MAX);
+        self.bytes
+            .clone()
+            .try_acquire_many_owned(bytes)
+            .map_err(|_| {
+                ApiError::Busy(
+                    "the server is reading too many request bodies; retry in a moment".into(),
+                )
+            })
+    }
 }
 
 /// Parses JSON, describing a failure without quoting the input.
@@ -43,7 +116,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             Category::Data => {
                 // serde names missing or unknown fields without quoting values.
                 let text = e.to_string();
-                let field = ["missing field `", "unknown field `"]
+                let field = ["missing field `", "unknown field `", "duplicate field `"]
                     .iter()
                     .find_map(|p| text.strip_prefix(p))
                     .and_then(|rest| rest.split('`').next())
@@ -53,6 +126,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 match field {
                     Some(f) if text.starts_with("missing") => {
                         ApiError::Validation(format!("request body is missing the field `{f}`"))
+                    }
+                    Some(f) if text.starts_with("duplicate") => {
+                        ApiError::Validation(format!("request body has the field `{f}` twice"))
                     }
                     Some(f) => {
                         ApiError::Validation(format!("request body has an unknown field `{f}`"))
@@ -75,7 +151,8 @@ impl<T> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         Ok(JsonBody {
-            bytes: read_body(req, state).await?,
+            request: req,
+            state: state.clone(),
             target: std::marker::PhantomData,
         })
     }

@@ -52,6 +52,10 @@ pub struct AppState {
     pub caches: Caches,
     pub metrics: Metrics,
     pub config: Arc<AppConfig>,
+    /// Bytes of request bodies being read, server-wide (see `extract::read_body`).
+    pub body_budget: extract::BodyBudget,
+    /// How long a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
     openapi_json: Arc<OnceLock<String>>,
 }
 
@@ -181,6 +185,8 @@ pub fn build_state(
         executor,
         script_pool,
         metrics: Metrics::new(),
+        body_budget: extract::BodyBudget::new(config.max_body_buffer_bytes),
+        body_timeout: config.body_timeout,
         config: Arc::new(config),
         openapi_json: Arc::default(),
         pool,

@@ -56,7 +56,7 @@ async fn create_key(
     body: JsonBody<CreateApiKey>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
     principal.require(Capability::ApiKeysManage)?;
-    let body = body.parse()?;
+    let body = body.parse().await?;
     let scopes = parse_scopes(&body.scopes)?;
     Ok((
         StatusCode::CREATED,

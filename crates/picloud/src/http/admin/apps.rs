@@ -39,7 +39,7 @@ async fn create_app(
     body: JsonBody<CreateApp>,
 ) -> Result<(StatusCode, Json<App>), ApiError> {
     principal.require(Capability::AppsWrite)?;
-    let body = body.parse()?;
+    let body = body.parse().await?;
     Ok((StatusCode::CREATED, Json(st.apps.create(&body.name).await?)))
 }
 

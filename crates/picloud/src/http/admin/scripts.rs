@@ -51,7 +51,7 @@ async fn create_script(
     body: JsonBody<SaveScript>,
 ) -> Result<(StatusCode, Json<Script>), ApiError> {
     principal.require(Capability::ScriptsWrite)?;
-    let body = body.parse()?;
+    let body = body.parse().await?;
     let app = AppId(app_id);
     let saved = st
         .scripts
@@ -108,7 +108,7 @@ async fn update_script(
     body: JsonBody<SaveScript>,
 ) -> Result<Json<Script>, ApiError> {
     principal.require(Capability::ScriptsWrite)?;
-    let body = body.parse()?;
+    let body = body.parse().await?;
     let app = AppId(app_id);
     let (saved, old_name) = st
         .scripts

@@ -58,7 +58,7 @@ async fn set_secret(
     body: JsonBody<SetSecret>,
 ) -> Result<Json<SecretInfo>, ApiError> {
     principal.require(Capability::AppSecretsWrite)?;
-    let body = body.parse()?;
+    let body = body.parse().await?;
     Ok(Json(
         st.secrets
             .set(AppId(app_id), &body.name, body.value)

@@ -115,7 +115,7 @@ async fn create_trigger(
     body: JsonBody<CreateTrigger>,
 ) -> Result<(StatusCode, Json<TriggerInfo>), ApiError> {
     principal.require(Capability::TriggersWrite)?;
-    let request = body.parse()?.into_request();
+    let request = body.parse().await?.into_request();
     let created = st
         .triggers
         .create(AppId(app_id), request, Some(principal.key_id))
