@@ -14,6 +14,55 @@ use std::{
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_picloud");
 
+/// The master key every process of a shared-database test seals with (32 zero bytes, base64).
+pub const SHARED_TEST_KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+/// A fresh, empty database in the test cluster (`DATABASE_URL` of the test
+/// command), for processes that share it; its URL.
+pub fn fresh_database() -> String {
+    let base = std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL (the test cluster): run the tests with ./scripts/test.sh");
+    let name = format!("picloud_shared_{}", uuid::Uuid::new_v4().simple());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    });
+    let (before, after) = base.split_once('?').unwrap_or((&base, ""));
+    let server = before.rsplit_once('/').map_or(before, |(server, _)| server);
+    if after.is_empty() {
+        format!("{server}/{name}")
+    } else {
+        format!("{server}/{name}?{after}")
+    }
+}
+
+/// Runs `sql` on the database at `url` and returns the first column of each row, as text.
+pub fn sql(url: &str, sql: &str) -> Vec<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use sqlx::{Connection, Row};
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(sql)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.try_get::<String, _>(0).unwrap_or_default())
+            .collect()
+    })
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -74,6 +123,46 @@ impl Server {
         };
         server.wait_healthy();
         server
+    }
+
+    /// A server (not dev mode) on the database at `database_url`, shared with
+    /// other processes; all of them seal with the same fixed test key.
+    pub fn start_shared(
+        data: &Path,
+        port: u16,
+        tag: &str,
+        database_url: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Server {
+        let stdout = data.with_file_name(format!("{tag}.stdout"));
+        let stderr = data.with_file_name(format!("{tag}.stderr"));
+        let mut cmd = command(data, port);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        cmd.env("DATABASE_URL", database_url)
+            .env("PICLOUD_SECRET_KEY", SHARED_TEST_KEY)
+            .process_group(0)
+            .arg("serve")
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        let child = cmd.spawn().expect("spawn picloud");
+        let mut server = Server {
+            child,
+            stdout,
+            stderr,
+            port,
+        };
+        server.wait_healthy();
+        server
+    }
+
+    /// A counter's value on this server's `/metrics` (0 when absent).
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, text) = http(self.port, "GET", "/metrics", None, None).unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub fn wait_healthy(&mut self) {
