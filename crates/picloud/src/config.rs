@@ -253,7 +253,7 @@ impl Config {
         let dispatch = crate::dispatcher::DispatchConfig {
             // Enough handlers in flight to keep every script worker busy.
             concurrency: parse_num("PICLOUD_DISPATCH_CONCURRENCY", workers * 2, 1)?,
-            batch_size: parse_num("PICLOUD_DISPATCH_BATCH", 256, 1)?,
+            batch_size: parse_num("PICLOUD_DISPATCH_BATCH", 512, 1)?,
             lease: Duration::from_secs(parse_num("PICLOUD_DISPATCH_LEASE_SECS", 30, 1)?),
             poll_interval: Duration::from_millis(parse_num("PICLOUD_DISPATCH_POLL_MS", 500, 10)?),
             shutdown_grace,

@@ -10,8 +10,9 @@
 //! a claim moves the row's due time to the lease's end, so it becomes due
 //! again when the lease runs out, and that lost run counts as an attempt.
 //!
-//! Claims take as many events as there are free run slots
-//! (`PICLOUD_DISPATCH_CONCURRENCY`) in one statement; outcomes are written by
+//! Claims take a batch (`PICLOUD_DISPATCH_BATCH`) in one statement into a
+//! local queue, topped up when it runs half empty; handlers start from it as
+//! run slots free up (`PICLOUD_DISPATCH_CONCURRENCY`); outcomes are written by
 //! one writer task that takes everything finished since its last write, so
 //! under load completions and retries go out as one statement each. Leases
 //! of running events are renewed every third of the lease. The dispatcher
@@ -39,7 +40,7 @@ use picloud_shared::{
 use rand::Rng;
 use sqlx::PgPool;
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, PoisonError,
@@ -58,6 +59,8 @@ use crate::metrics::Metrics;
 const MAX_ERROR_CHARS: usize = 4096;
 /// Most outcomes written in one round.
 const MAX_WRITE_BATCH: usize = 1024;
+/// How long the writer waits for more outcomes before writing a small batch.
+const WRITE_LINGER: Duration = Duration::from_millis(5);
 /// How often the outbox depth gauge and the dead-letter fan-out sweep run.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -80,7 +83,7 @@ impl Default for DispatchConfig {
     fn default() -> Self {
         Self {
             concurrency: 16,
-            batch_size: 256,
+            batch_size: 512,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(15),
@@ -160,24 +163,29 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let mut handlers = JoinSet::new();
     let mut backoff = Duration::from_millis(50);
 
+    // Claimed events wait here for a run slot: claims take a whole batch (one
+    // round trip, one commit), runs take the slots as they free up.
+    let mut queued: VecDeque<(ClaimedEvent, Arc<AtomicBool>, Instant)> = VecDeque::new();
+    let lease_ms = i64::try_from(shared.config.lease.as_millis()).unwrap_or(i64::MAX);
+    let batch = shared.config.batch_size.max(1);
+    let mut outbox_drained = false;
     while !*stopped.borrow() {
         // Reap finished handler tasks so the set does not grow.
         while handlers.try_join_next().is_some() {}
-        let free = slots.available_permits();
-        if free == 0 {
-            tokio::select! {
-                permit = slots.clone().acquire_owned() => drop(permit),
-                _ = stopped.changed() => break,
-            }
-            continue;
-        }
-        let limit = free.min(shared.config.batch_size);
-        let lease_ms = i64::try_from(shared.config.lease.as_millis()).unwrap_or(i64::MAX);
-        let claimed =
+        // Top the local queue up when it runs low (and the outbox may hold more).
+        if queued.len() <= batch / 2 && !outbox_drained {
+            let limit = batch - queued.len();
             match repo::outbox::claim(&shared.pool, shared.owner, lease_ms, limit as i64).await {
                 Ok(claimed) => {
                     backoff = Duration::from_millis(50);
-                    claimed
+                    outbox_drained = claimed.len() < limit;
+                    let now = Instant::now();
+                    let mut in_flight = lock(&shared.in_flight);
+                    for event in claimed {
+                        let started = Arc::new(AtomicBool::new(false));
+                        in_flight.insert(event.id, started.clone());
+                        queued.push_back((event, started, now));
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "claiming events failed; retrying");
@@ -188,18 +196,17 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
-            };
-        let full = claimed.len() == limit;
-        for event in claimed {
+            }
+        }
+        // Start as many as there are free slots.
+        while !queued.is_empty() {
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                // Cannot happen (we claimed no more than the free slots); give it back if it does.
-                let _ = repo::outbox::release(&shared.pool, shared.owner, &[event.id]).await;
-                continue;
+                break;
             };
-            let started = Arc::new(AtomicBool::new(false));
-            lock(&shared.in_flight).insert(event.id, started.clone());
+            let Some((event, started, claimed_at)) = queued.pop_front() else {
+                break;
+            };
             let (shared, outcomes) = (shared.clone(), outcomes.clone());
-            let claimed_at = Instant::now();
             handlers.spawn(async move {
                 let id = event.id;
                 if let Some(outcome) = handle(&shared, event, started, claimed_at).await {
@@ -210,7 +217,15 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                 drop(permit);
             });
         }
-        if full {
+        if !queued.is_empty() {
+            // Every slot is taken: wait for one (the queue is topped up meanwhile only when low).
+            tokio::select! {
+                permit = slots.clone().acquire_owned() => drop(permit),
+                _ = stopped.changed() => break,
+            }
+            continue;
+        }
+        if !outbox_drained {
             continue;
         }
         tokio::select! {
@@ -218,6 +233,7 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
             () = tokio::time::sleep(shared.config.poll_interval) => {}
             _ = stopped.changed() => break,
         }
+        outbox_drained = false;
     }
 
     // Shutdown: what has not started is given back at once; what runs gets the grace period.
@@ -465,6 +481,19 @@ async fn source_of(shared: &Shared, event: &ClaimedEvent) -> Result<ScriptHandle
 async fn write_outcomes(shared: Arc<Shared>, mut outcomes: mpsc::UnboundedReceiver<Outcome>) {
     let mut batch = Vec::with_capacity(MAX_WRITE_BATCH);
     while outcomes.recv_many(&mut batch, MAX_WRITE_BATCH).await > 0 {
+        // Under load, linger a moment so one statement (one commit) covers many
+        // outcomes; this delays the bookkeeping, never a handler's start.
+        if batch.len() < MAX_WRITE_BATCH / 4 {
+            let linger = tokio::time::sleep(WRITE_LINGER);
+            tokio::pin!(linger);
+            while batch.len() < MAX_WRITE_BATCH {
+                let room = MAX_WRITE_BATCH - batch.len();
+                tokio::select! {
+                    got = outcomes.recv_many(&mut batch, room) => if got == 0 { break },
+                    () = &mut linger => break,
+                }
+            }
+        }
         let mut completed = Vec::new();
         let mut retries = Vec::new();
         let mut exhausted = Vec::new();
