@@ -251,8 +251,9 @@ impl Config {
         };
         let shutdown_grace = Duration::from_secs(parse_num("PICLOUD_SHUTDOWN_GRACE_SECS", 15, 0)?);
         let dispatch = crate::dispatcher::DispatchConfig {
-            // Enough handlers in flight to keep every script worker busy.
-            concurrency: parse_num("PICLOUD_DISPATCH_CONCURRENCY", workers * 2, 1)?,
+            // Enough handlers handed to the pool that every worker stays busy, and
+            // room for other apps when some apps use their whole share.
+            concurrency: parse_num("PICLOUD_DISPATCH_CONCURRENCY", workers * 4, 1)?,
             batch_size: parse_num("PICLOUD_DISPATCH_BATCH", 512, 1)?,
             lease: Duration::from_secs(parse_num("PICLOUD_DISPATCH_LEASE_SECS", 30, 1)?),
             poll_interval: Duration::from_millis(parse_num("PICLOUD_DISPATCH_POLL_MS", 500, 10)?),

@@ -57,6 +57,11 @@ use crate::metrics::Metrics;
 
 /// Longest `last_error` kept on an event or a dead letter.
 const MAX_ERROR_CHARS: usize = 4096;
+/// Most events of one app a process holds queued (claimed, not started).
+const PER_APP_QUEUE: usize = 128;
+/// A claimed event waiting for a run slot: the event, its started flag, when it was claimed.
+type Queued = (ClaimedEvent, Arc<AtomicBool>, Instant);
+
 /// Most outcomes written in one round.
 const MAX_WRITE_BATCH: usize = 1024;
 /// How long the writer waits for more outcomes before writing a small batch.
@@ -163,19 +168,43 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let mut handlers = JoinSet::new();
     let mut backoff = Duration::from_millis(50);
 
-    // Claimed events wait here for a run slot: claims take a whole batch (one
-    // round trip, one commit), runs take the slots as they free up.
-    let mut queued: VecDeque<(ClaimedEvent, Arc<AtomicBool>, Instant)> = VecDeque::new();
+    // Claimed events wait here, per app, for a run slot: claims take a whole
+    // batch (one round trip, one commit), runs take the slots as they free up.
+    // An app gets at most `app_slots` slots (its share of the script workers,
+    // plus one ready to start) and at most PER_APP_QUEUE queued events, so one
+    // app's slow handlers can never hold the slots or the queue other apps need.
+    let mut queues: HashMap<Uuid, VecDeque<Queued>> = HashMap::new();
+    let running: Arc<Mutex<HashMap<Uuid, usize>>> = Arc::default();
+    let finished = Arc::new(Notify::new());
+    let app_slots = shared.script_pool.config().max_per_app.max(1) + 1;
     let lease_ms = i64::try_from(shared.config.lease.as_millis()).unwrap_or(i64::MAX);
     let batch = shared.config.batch_size.max(1);
     let mut outbox_drained = false;
     while !*stopped.borrow() {
         // Reap finished handler tasks so the set does not grow.
         while handlers.try_join_next().is_some() {}
-        // Top the local queue up when it runs low (and the outbox may hold more).
-        if queued.len() <= batch / 2 && !outbox_drained {
-            let limit = batch - queued.len();
-            match repo::outbox::claim(&shared.pool, shared.owner, lease_ms, limit as i64).await {
+        let startable: usize = {
+            let running = lock(&running);
+            queues
+                .iter()
+                .map(|(app, queue)| {
+                    queue
+                        .len()
+                        .min(app_slots.saturating_sub(running.get(app).copied().unwrap_or(0)))
+                })
+                .sum()
+        };
+        // Top up when few queued events could start (and the outbox may hold more).
+        if startable <= batch / 2 && !outbox_drained {
+            let full: Vec<Uuid> = queues
+                .iter()
+                .filter(|(_, queue)| queue.len() >= PER_APP_QUEUE)
+                .map(|(app, _)| *app)
+                .collect();
+            let limit = batch.saturating_sub(startable).max(1);
+            match repo::outbox::claim(&shared.pool, shared.owner, lease_ms, limit as i64, &full)
+                .await
+            {
                 Ok(claimed) => {
                     backoff = Duration::from_millis(50);
                     outbox_drained = claimed.len() < limit;
@@ -184,7 +213,10 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                     for event in claimed {
                         let started = Arc::new(AtomicBool::new(false));
                         in_flight.insert(event.id, started.clone());
-                        queued.push_back((event, started, now));
+                        queues
+                            .entry(event.app_id)
+                            .or_default()
+                            .push_back((event, started, now));
                     }
                 }
                 Err(e) => {
@@ -198,42 +230,71 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                 }
             }
         }
-        // Start as many as there are free slots.
-        while !queued.is_empty() {
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                break;
-            };
-            let Some((event, started, claimed_at)) = queued.pop_front() else {
-                break;
-            };
-            let (shared, outcomes) = (shared.clone(), outcomes.clone());
-            handlers.spawn(async move {
-                let id = event.id;
-                if let Some(outcome) = handle(&shared, event, started, claimed_at).await {
-                    let _ = outcomes.send(outcome);
-                } else {
-                    lock(&shared.in_flight).remove(&id);
+        // Start what may start: every app in turn, within its slots and the free slots.
+        let mut blocked = false;
+        for (app, queue) in queues.iter_mut() {
+            while !queue.is_empty() {
+                let under_cap = {
+                    let mut running = lock(&running);
+                    let count = running.entry(*app).or_insert(0);
+                    if *count < app_slots {
+                        *count += 1;
+                        true
+                    } else {
+                        false
+                    }
+                };
+                if !under_cap {
+                    break;
                 }
-                drop(permit);
-            });
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    // Undo the count taken above: no global slot is free.
+                    if let Some(count) = lock(&running).get_mut(app) {
+                        *count = count.saturating_sub(1);
+                    }
+                    blocked = true;
+                    break;
+                };
+                let Some((event, started, claimed_at)) = queue.pop_front() else {
+                    break;
+                };
+                let (shared, outcomes, running, finished) = (
+                    shared.clone(),
+                    outcomes.clone(),
+                    running.clone(),
+                    finished.clone(),
+                );
+                let app = *app;
+                handlers.spawn(async move {
+                    let id = event.id;
+                    if let Some(outcome) = handle(&shared, event, started, claimed_at).await {
+                        let _ = outcomes.send(outcome);
+                    } else {
+                        lock(&shared.in_flight).remove(&id);
+                    }
+                    drop(permit);
+                    if let Some(count) = lock(&running).get_mut(&app) {
+                        *count = count.saturating_sub(1);
+                    }
+                    finished.notify_one();
+                });
+            }
+            if blocked {
+                break;
+            }
         }
-        if !queued.is_empty() {
-            // Every slot is taken: wait for one (the queue is topped up meanwhile only when low).
+        queues.retain(|_, queue| !queue.is_empty());
+        let waiting = !queues.is_empty();
+        if waiting || outbox_drained {
+            // Wait for a handler to finish (a slot or an app's share frees up), new
+            // events, the poll interval (retries falling due), or the stop.
             tokio::select! {
-                permit = slots.clone().acquire_owned() => drop(permit),
+                () = finished.notified() => {}
+                () = wake.notified(), if outbox_drained => { outbox_drained = false; }
+                () = tokio::time::sleep(shared.config.poll_interval) => { outbox_drained = false; }
                 _ = stopped.changed() => break,
             }
-            continue;
         }
-        if !outbox_drained {
-            continue;
-        }
-        tokio::select! {
-            () = wake.notified() => {}
-            () = tokio::time::sleep(shared.config.poll_interval) => {}
-            _ = stopped.changed() => break,
-        }
-        outbox_drained = false;
     }
 
     // Shutdown: what has not started is given back at once; what runs gets the grace period.

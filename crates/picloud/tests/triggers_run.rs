@@ -592,3 +592,62 @@ async fn outbox_stats_count_what_waits(pool: PgPool) {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn one_apps_slow_handlers_do_not_hold_up_another_apps(pool: PgPool) {
+    // Handlers that run to an 8 s timeout: nothing of the hog finishes for 8 s.
+    let mut config = test_config();
+    config.limits.timeout = Duration::from_secs(8);
+    let r = TestApp::running(pool.clone(), config).await;
+    let t = &r.app;
+    // A hog: 12 events, more than every dispatcher slot, each running to the timeout.
+    let hog = t.create_app("hog").await;
+    let slow = t
+        .create_script(&hog, "slow", "let i = 0; loop { i += 1; }", false)
+        .await;
+    trigger(
+        t,
+        &hog,
+        json!({"kind": "kv", "script_id": slow, "config": {"collection": "c"},
+        "retry": {"max_attempts": 1, "backoff": "fixed", "base_ms": 1}}),
+    )
+    .await;
+    t.create_script(
+        &hog,
+        "flood",
+        r#"for i in 0..12 { kv::set("c", "k" + i, i); }"#,
+        false,
+    )
+    .await;
+    assert_eq!(t.invoke(&hog, "flood", json!(null)).await.0, StatusCode::OK);
+    // Another app's one quick event, enqueued after the hog's twelve.
+    let other = t.create_app("other").await;
+    let quick = t.create_script(&other, "quick", RECORD, false).await;
+    trigger(
+        t,
+        &other,
+        json!({"kind": "kv", "script_id": quick, "config": {"collection": "c"}}),
+    )
+    .await;
+    t.create_script(&other, "poke", r#"kv::set("c", "k", 1)"#, false)
+        .await;
+    assert_eq!(
+        t.invoke(&other, "poke", json!(null)).await.0,
+        StatusCode::OK
+    );
+    eventually("the other app's handler", WAIT, || async {
+        kv_value(&pool, &other, "quick", "set:k").await
+    })
+    .await;
+    // It ran on a worker the hog could not use (an app gets at most half of
+    // them) before any of the hog's handlers had finished (a finished run is
+    // counted before its slot is given back): it did not wait for a dispatcher
+    // slot the hog held.
+    let (_, metrics) = t.call(Method::GET, "/metrics", None, None).await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(
+        metrics.contains("picloud_handler_runs_total{kind=\"kv\",outcome=\"limit\"} 0"),
+        "the other app waited for the hog's handlers: {metrics}"
+    );
+    r.stop().await;
+}

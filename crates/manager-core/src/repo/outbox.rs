@@ -84,7 +84,8 @@ pub struct ClaimedEvent {
     pub waited_secs: f64,
 }
 
-/// Claims up to `limit` due events for `owner`, leasing them for `lease_ms`.
+/// Claims up to `limit` due events for `owner`, leasing them for `lease_ms`,
+/// passing over the apps in `skip_apps` (those the caller holds enough of).
 /// A claim moves `next_attempt_at` to the lease's end, so the row of a process
 /// that dies becomes due again when its lease runs out; claiming such a row
 /// counts the lost run as an attempt.
@@ -93,11 +94,13 @@ pub async fn claim(
     owner: Uuid,
     lease_ms: i64,
     limit: i64,
+    skip_apps: &[Uuid],
 ) -> Result<Vec<ClaimedEvent>, sqlx::Error> {
     sqlx::query_as(
         "WITH due AS ( \
              SELECT id, next_attempt_at, lease_owner IS NOT NULL AS lost FROM outbox \
-             WHERE next_attempt_at <= now() ORDER BY next_attempt_at LIMIT $3 \
+             WHERE next_attempt_at <= now() AND NOT (app_id = ANY($4)) \
+             ORDER BY next_attempt_at LIMIT $3 \
              FOR UPDATE SKIP LOCKED \
          ) \
          UPDATE outbox o SET lease_owner = $1, \
@@ -118,6 +121,7 @@ pub async fn claim(
     .bind(owner)
     .bind(lease_ms)
     .bind(limit)
+    .bind(skip_apps)
     .fetch_all(db)
     .await
 }
