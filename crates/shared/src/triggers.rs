@@ -197,7 +197,12 @@ pub struct PubsubTriggerConfig {
 #[serde(deny_unknown_fields)]
 pub struct EmailTriggerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(write_only, min_length = 16, max_length = 256)]
+    #[schema(
+        write_only,
+        min_length = 16,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub inbound_secret: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(
@@ -311,9 +316,11 @@ impl TriggerConfig {
             TriggerConfig::Pubsub(c) => validate_topic_pattern(&c.topic)?,
             TriggerConfig::Email(c) => {
                 if let Some(secret) = &c.inbound_secret {
-                    if !(16..=256).contains(&secret.chars().count()) {
+                    if !(16..=256).contains(&secret.chars().count())
+                        || secret.chars().any(char::is_control)
+                    {
                         return Err(invalid(
-                            "config.inbound_secret must be 16-256 bytes".to_owned(),
+                            "config.inbound_secret must be 16-256 characters without control characters",
                         ));
                     }
                 }
@@ -626,6 +633,11 @@ mod tests {
             recipient_filter: None,
         });
         assert!(short.validate().is_err());
+        let control = TriggerConfig::Email(EmailTriggerConfig {
+            inbound_secret: Some("\u{1}".repeat(20)),
+            recipient_filter: None,
+        });
+        assert!(control.validate().is_err());
         let dead: DeadLetterTriggerConfig = serde_json::from_value(json!({})).unwrap();
         assert!(TriggerConfig::DeadLetter(dead).validate().is_ok());
         assert!(serde_json::from_value::<DeadLetterTriggerConfig>(

@@ -132,7 +132,7 @@ pub(crate) fn block_on<T>(
         Err(_) if wait < env.sdk_timeout => Err(out_of_time(pos)),
         Err(_) => Err(service_error_to_exception(
             &ServiceError::Unavailable(format!(
-                "{what} timed out after {} ms",
+                "{what} timed out after {} ms; its outcome is unknown (a write may still take effect)",
                 env.sdk_timeout.as_millis()
             )),
             pos,

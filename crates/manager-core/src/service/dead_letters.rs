@@ -86,24 +86,32 @@ impl DeadLettersService {
         Ok(())
     }
 
-    /// The app's dead letters, newest first, `limit` at most (1-200), before
-    /// the cursor `before` (a dead letter id from the previous page).
+    /// The app's dead letters, newest first, `limit` at most (1-200), after the
+    /// cursor of the previous page's last one: its `id` (`before`) and
+    /// `created_at` (`before_at`). With `before` alone, that dead letter must
+    /// still exist (deleting while paging needs `before_at`).
     pub async fn list(
         &self,
         app: AppId,
         limit: i64,
         before: Option<Uuid>,
+        before_at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<Vec<DeadLetterInfo>, ManagerError> {
         repo::apps::get(&self.pool, app)
             .await?
             .ok_or(ManagerError::NotFound("app"))?;
-        Ok(repo::dead_letters::list(
-            &self.pool,
-            app,
-            limit.clamp(1, DEAD_LETTER_PAGE_MAX),
-            before,
-        )
-        .await?)
+        if let (Some(id), None) = (before, before_at) {
+            if repo::dead_letters::get(&self.pool, app, id)
+                .await?
+                .is_none()
+            {
+                return Err(ManagerError::Validation(
+                    "the cursor dead letter no longer exists; pass before_at (its created_at) with before".into(),
+                ));
+            }
+        }
+        let limit = limit.clamp(1, DEAD_LETTER_PAGE_MAX);
+        Ok(repo::dead_letters::list(&self.pool, app, limit, before, before_at).await?)
     }
 
     /// One dead letter of the app.

@@ -22,8 +22,10 @@ pub struct DeadLetterPage {
     /// Most dead letters returned (1-200, default 50).
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
-    /// The id of the last dead letter of the previous page.
+    /// The `id` of the last dead letter of the previous page.
     pub before: Option<Uuid>,
+    /// The `created_at` of that dead letter (needed if it may have been deleted since).
+    pub before_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The answer to a replay.
@@ -69,7 +71,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 #[utoipa::path(get, path = "/api/v1/admin/apps/{app_id}/dead-letters", tag = "dead-letters",
     security(("bearer" = [])), params(("app_id" = Uuid, Path), DeadLetterPage),
-    responses((status = 200, description = "newest first", body = Vec<DeadLetterInfo>)))]
+    responses((status = 200, description = "newest first", body = Vec<DeadLetterInfo>),
+        (status = 422, description = "`validation_error`: the cursor dead letter (`before`) no longer exists and `before_at` was not given", body = crate::http::error::ErrorBody)))]
 async fn list_dead_letters(
     State(st): State<AppState>,
     principal: Principal,
@@ -83,7 +86,7 @@ async fn list_dead_letters(
     }
     Ok(Json(
         st.dead_letters
-            .list(AppId(app_id), limit, page.before)
+            .list(AppId(app_id), limit, page.before, page.before_at)
             .await?,
     ))
 }
