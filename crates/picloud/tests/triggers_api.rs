@@ -320,7 +320,7 @@ async fn dead_letters_page_newest_first_even_while_they_are_deleted(pool: PgPool
         .map(|d| d["id"].as_str().unwrap())
         .collect();
     assert_eq!(got, vec![ids[2].as_str(), ids[3].as_str()]);
-    // `before` alone names a dead letter that is gone: a clear 422, not an empty page.
+    // `before` alone names a dead letter that is gone: a clear 404, not an empty page.
     let (status, body) = t
         .admin(
             Method::GET,
@@ -328,12 +328,7 @@ async fn dead_letters_page_newest_first_even_while_they_are_deleted(pool: PgPool
             None,
         )
         .await;
-    let message = assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_error",
-    );
+    let message = assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
     assert!(message.contains("before_at"), "{message}");
     // Bad paging parameters are 400.
     for query in ["limit=0", "limit=201", "before=nope", "before_at=yesterday"] {

@@ -89,7 +89,7 @@ impl DeadLettersService {
     /// The app's dead letters, newest first, `limit` at most (1-200), after the
     /// cursor of the previous page's last one: its `id` (`before`) and
     /// `created_at` (`before_at`). With `before` alone, that dead letter must
-    /// still exist (deleting while paging needs `before_at`).
+    /// still exist (404 otherwise; deleting while paging needs `before_at`).
     pub async fn list(
         &self,
         app: AppId,
@@ -105,8 +105,8 @@ impl DeadLettersService {
                 .await?
                 .is_none()
             {
-                return Err(ManagerError::Validation(
-                    "the cursor dead letter no longer exists; pass before_at (its created_at) with before".into(),
+                return Err(ManagerError::NotFound(
+                    "the `before` dead letter (when paging while deleting, pass `before_at` too)",
                 ));
             }
         }

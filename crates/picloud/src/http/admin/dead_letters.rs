@@ -71,8 +71,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 #[utoipa::path(get, path = "/api/v1/admin/apps/{app_id}/dead-letters", tag = "dead-letters",
     security(("bearer" = [])), params(("app_id" = Uuid, Path), DeadLetterPage),
-    responses((status = 200, description = "newest first", body = Vec<DeadLetterInfo>),
-        (status = 422, description = "`validation_error`: the cursor dead letter (`before`) no longer exists and `before_at` was not given", body = crate::http::error::ErrorBody)))]
+    responses((status = 200, description = "newest first; 404 also when `before` names a dead letter that no longer exists and `before_at` is not given", body = Vec<DeadLetterInfo>)))]
 async fn list_dead_letters(
     State(st): State<AppState>,
     principal: Principal,
