@@ -42,6 +42,11 @@ CREATE TABLE outbox (
     next_attempt_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     lease_owner       UUID,
     lease_until       TIMESTAMPTZ,
+    -- When the handler of the current lease started (written in batches); a
+    -- rescued row is charged an attempt only if its handler had started, or
+    -- after several rescues (an event that kills its process before the mark).
+    started_at        TIMESTAMPTZ,
+    rescues           INT NOT NULL DEFAULT 0,
     trigger_depth     INT NOT NULL DEFAULT 0,
     origin_principal  UUID,
     first_attempt_at  TIMESTAMPTZ,

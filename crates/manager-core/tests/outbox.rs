@@ -321,3 +321,66 @@ async fn an_enqueue_notifies_the_dispatchers_at_commit(pool: PgPool) {
         "one notification for the two writes, not two"
     );
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_rescue_charges_an_attempt_only_to_events_whose_handler_started(pool: PgPool) {
+    use picloud_manager_core::repo::outbox;
+    let f = Fixture::new(pool.clone(), "a").await;
+    f.trigger(kv_trigger("c", None, &[KvOp::Set])).await;
+    let kv = KvServiceImpl::new(pool.clone(), 1024);
+    for key in ["started", "queued"] {
+        kv.set(&CallContext::for_app(f.app), "c", key, json!(1))
+            .await
+            .unwrap();
+    }
+    // A process claims both, starts one, and dies.
+    let dead = Uuid::new_v4();
+    let claimed = outbox::claim(&pool, dead, 60_000, 10, &[]).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let id_of = |key: &str| {
+        claimed
+            .iter()
+            .find(|e| e.payload.0["key"] == key)
+            .unwrap()
+            .id
+    };
+    outbox::mark_started(&pool, dead, &[id_of("started")])
+        .await
+        .unwrap();
+    // Its leases run out; another process rescues both.
+    sqlx::query("UPDATE outbox SET next_attempt_at = now() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let rescued = outbox::claim(&pool, Uuid::new_v4(), 60_000, 10, &[])
+        .await
+        .unwrap();
+    let attempts = |key: &str| {
+        let e = rescued.iter().find(|e| e.payload.0["key"] == key).unwrap();
+        (e.attempts, e.last_error.is_some())
+    };
+    assert_eq!(attempts("started"), (1, true), "the started one lost a run");
+    assert_eq!(
+        attempts("queued"),
+        (0, false),
+        "the queued one never ran: no attempt charged"
+    );
+
+    // An event rescued again and again without ever being marked started (it
+    // kills its process at once) is charged from the fifth rescue on.
+    for rescue in 2..=6 {
+        sqlx::query("UPDATE outbox SET next_attempt_at = now() - interval '1 second'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let again = outbox::claim(&pool, Uuid::new_v4(), 60_000, 10, &[])
+            .await
+            .unwrap();
+        let queued = again
+            .iter()
+            .find(|e| e.payload.0["key"] == "queued")
+            .unwrap();
+        let expected = if rescue >= 5 { rescue - 4 } else { 0 };
+        assert_eq!(queued.attempts, expected, "rescue {rescue}");
+    }
+}

@@ -98,6 +98,8 @@ impl Default for DispatchConfig {
 
 /// What became of one claimed event.
 enum Outcome {
+    /// Its handler started (so a lost run of it counts as an attempt).
+    Started(i64),
     Completed(i64),
     Retry(Retry),
     Exhausted {
@@ -201,7 +203,8 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                 .filter(|(_, queue)| queue.len() >= PER_APP_QUEUE)
                 .map(|(app, _)| *app)
                 .collect();
-            let limit = batch.saturating_sub(startable).max(1);
+            // At most PER_APP_QUEUE per claim, so no app ever holds more than twice that.
+            let limit = batch.saturating_sub(startable).min(PER_APP_QUEUE).max(1);
             match repo::outbox::claim(&shared.pool, shared.owner, lease_ms, limit as i64, &full)
                 .await
             {
@@ -267,7 +270,9 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                 let app = *app;
                 handlers.spawn(async move {
                     let id = event.id;
-                    if let Some(outcome) = handle(&shared, event, started, claimed_at).await {
+                    if let Some(outcome) =
+                        handle(&shared, event, started, claimed_at, &outcomes).await
+                    {
                         let _ = outcomes.send(outcome);
                     } else {
                         lock(&shared.in_flight).remove(&id);
@@ -383,6 +388,7 @@ async fn handle(
     event: ClaimedEvent,
     started: Arc<AtomicBool>,
     claimed_at: Instant,
+    outcomes: &mpsc::UnboundedSender<Outcome>,
 ) -> Option<Outcome> {
     let kind = TriggerKind::parse(&event.source_kind).unwrap_or(TriggerKind::Kv);
     let policy = RetryPolicy {
@@ -418,6 +424,8 @@ async fn handle(
     let metrics = shared.metrics.clone();
     let waited = event.waited_secs.max(0.0);
     let run_started = started.clone();
+    let report_start = outcomes.clone();
+    let event_id = event.id;
     let result = shared
         .script_pool
         .run(AppId(event.app_id), Admission::Wait, move || {
@@ -425,6 +433,7 @@ async fn handle(
             if run_started.swap(true, Ordering::SeqCst) {
                 return None;
             }
+            let _ = report_start.send(Outcome::Started(event_id));
             metrics
                 .dispatch_latency
                 .observe(waited + claimed_at.elapsed().as_secs_f64());
@@ -555,11 +564,13 @@ async fn write_outcomes(shared: Arc<Shared>, mut outcomes: mpsc::UnboundedReceiv
                 }
             }
         }
+        let mut started = Vec::new();
         let mut completed = Vec::new();
         let mut retries = Vec::new();
         let mut exhausted = Vec::new();
         for outcome in batch.drain(..) {
             match outcome {
+                Outcome::Started(id) => started.push(id),
                 Outcome::Completed(id) => completed.push(id),
                 Outcome::Retry(retry) => retries.push(retry),
                 Outcome::Exhausted {
@@ -568,6 +579,21 @@ async fn write_outcomes(shared: Arc<Shared>, mut outcomes: mpsc::UnboundedReceiv
                     attempts,
                     error,
                 } => exhausted.push((id, kind, attempts, error)),
+            }
+        }
+        // Marks only for handlers still running: finished ones are written below.
+        {
+            let finished: std::collections::HashSet<i64> = completed
+                .iter()
+                .copied()
+                .chain(retries.iter().map(|r| r.id))
+                .chain(exhausted.iter().map(|(id, ..)| *id))
+                .collect();
+            started.retain(|id| !finished.contains(id));
+        }
+        if !started.is_empty() {
+            if let Err(e) = repo::outbox::mark_started(&shared.pool, shared.owner, &started).await {
+                tracing::warn!(error = %e, "marking started handlers failed; a crash now would not charge their attempt");
             }
         }
         let mut done: Vec<i64> = completed.clone();

@@ -87,8 +87,10 @@ pub struct ClaimedEvent {
 /// Claims up to `limit` due events for `owner`, leasing them for `lease_ms`,
 /// passing over the apps in `skip_apps` (those the caller holds enough of).
 /// A claim moves `next_attempt_at` to the lease's end, so the row of a process
-/// that dies becomes due again when its lease runs out; claiming such a row
-/// counts the lost run as an attempt.
+/// that dies becomes due again when its lease runs out (a rescue); the lost run
+/// counts as an attempt if its handler had started ([`mark_started`]), or from
+/// the fifth rescue on (an event that kills its process before the mark is
+/// written must not loop forever).
 pub async fn claim(
     db: impl sqlx::PgExecutor<'_>,
     owner: Uuid,
@@ -98,7 +100,9 @@ pub async fn claim(
 ) -> Result<Vec<ClaimedEvent>, sqlx::Error> {
     sqlx::query_as(
         "WITH due AS ( \
-             SELECT id, next_attempt_at, lease_owner IS NOT NULL AS lost FROM outbox \
+             SELECT id, next_attempt_at, lease_owner IS NOT NULL AS lost, \
+                 lease_owner IS NOT NULL AND (started_at IS NOT NULL OR rescues >= 4) AS charged \
+             FROM outbox \
              WHERE next_attempt_at <= now() AND NOT (app_id = ANY($4)) \
              ORDER BY next_attempt_at LIMIT $3 \
              FOR UPDATE SKIP LOCKED \
@@ -107,8 +111,10 @@ pub async fn claim(
              lease_until = now() + $2 * interval '1 millisecond', \
              next_attempt_at = now() + $2 * interval '1 millisecond', \
              first_attempt_at = coalesce(o.first_attempt_at, now()), \
-             attempts = o.attempts + CASE WHEN due.lost THEN 1 ELSE 0 END, \
-             last_error = CASE WHEN due.lost \
+             attempts = o.attempts + CASE WHEN due.charged THEN 1 ELSE 0 END, \
+             rescues = o.rescues + CASE WHEN due.lost THEN 1 ELSE 0 END, \
+             started_at = NULL, \
+             last_error = CASE WHEN due.charged \
                  THEN 'the process running this event stopped before it finished (its lease expired)' \
                  ELSE o.last_error END \
          FROM due, scripts s \
@@ -124,6 +130,21 @@ pub async fn claim(
     .bind(skip_apps)
     .fetch_all(db)
     .await
+}
+
+/// Records that the handlers of `ids` (held by `owner`) have started.
+pub async fn mark_started(
+    db: impl sqlx::PgExecutor<'_>,
+    owner: Uuid,
+    ids: &[i64],
+) -> Result<u64, sqlx::Error> {
+    let done =
+        sqlx::query("UPDATE outbox SET started_at = now() WHERE id = ANY($1) AND lease_owner = $2")
+            .bind(ids)
+            .bind(owner)
+            .execute(db)
+            .await?;
+    Ok(done.rows_affected())
 }
 
 /// Deletes the handled events `ids` that `owner` still holds.
@@ -161,7 +182,7 @@ pub async fn retry(
     let errors: Vec<&str> = retries.iter().map(|r| r.error.as_str()).collect();
     let done = sqlx::query(
         "UPDATE outbox o SET attempts = o.attempts + 1, next_attempt_at = r.next_at, \
-             last_error = r.error, lease_owner = NULL, lease_until = NULL \
+             last_error = r.error, lease_owner = NULL, lease_until = NULL, started_at = NULL \
          FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS r(id, next_at, error) \
          WHERE o.id = r.id AND o.lease_owner = $4",
     )
@@ -201,7 +222,8 @@ pub async fn release(
     ids: &[i64],
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, next_attempt_at = now() \
+        "UPDATE outbox SET lease_owner = NULL, lease_until = NULL, started_at = NULL, \
+             next_attempt_at = now() \
          WHERE id = ANY($1) AND lease_owner = $2",
     )
     .bind(ids)
