@@ -204,7 +204,7 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                 .map(|(app, _)| *app)
                 .collect();
             // At most PER_APP_QUEUE per claim, so no app ever holds more than twice that.
-            let limit = batch.saturating_sub(startable).min(PER_APP_QUEUE).max(1);
+            let limit = batch.saturating_sub(startable).clamp(1, PER_APP_QUEUE);
             match repo::outbox::claim(&shared.pool, shared.owner, lease_ms, limit as i64, &full)
                 .await
             {
