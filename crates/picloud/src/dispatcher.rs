@@ -57,7 +57,7 @@ use crate::metrics::Metrics;
 
 /// Longest `last_error` kept on an event or a dead letter.
 const MAX_ERROR_CHARS: usize = 4096;
-/// Most events of one app a process holds queued (claimed, not started).
+/// Most events one fairness claim takes.
 const PER_APP_QUEUE: usize = 128;
 /// A claimed event waiting for a run slot: the event, its started flag, when it was claimed.
 type Queued = (ClaimedEvent, Arc<AtomicBool>, Instant);
@@ -172,16 +172,22 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
 
     // Claimed events wait here, per app, for a run slot: claims take a whole
     // batch (one round trip, one commit), runs take the slots as they free up.
-    // An app gets at most `app_slots` slots (its share of the script workers,
-    // plus one ready to start) and at most PER_APP_QUEUE queued events, so one
-    // app's slow handlers can never hold the slots or the queue other apps need.
+    // An app gets at most `app_slots` slots (half of them, and always more than
+    // its share of the script workers), apps take free slots in turn, and a
+    // fairness claim fetches other apps' events when the queued ones all wait
+    // at their app's cap, so one app's slow handlers can never hold every slot
+    // other apps need; the pool's per-app cap then gives them the free workers.
     let mut queues: HashMap<Uuid, VecDeque<Queued>> = HashMap::new();
     let running: Arc<Mutex<HashMap<Uuid, usize>>> = Arc::default();
     let finished = Arc::new(Notify::new());
-    let app_slots = shared.script_pool.config().max_per_app.max(1) + 1;
+    let app_slots = (shared.config.concurrency / 2)
+        .max(shared.script_pool.config().max_per_app + 1)
+        .max(1);
+    let mut turn = 0usize;
     let lease_ms = i64::try_from(shared.config.lease.as_millis()).unwrap_or(i64::MAX);
     let batch = shared.config.batch_size.max(1);
     let mut outbox_drained = false;
+    let mut last_fair_claim = Instant::now();
     while !*stopped.borrow() {
         // Reap finished handler tasks so the set does not grow.
         while handlers.try_join_next().is_some() {}
@@ -196,21 +202,41 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                 })
                 .sum()
         };
-        // Top up when few queued events could start (and the outbox may hold more).
-        if startable <= batch / 2 && !outbox_drained {
-            let full: Vec<Uuid> = queues
-                .iter()
-                .filter(|(_, queue)| queue.len() >= PER_APP_QUEUE)
-                .map(|(app, _)| *app)
-                .collect();
-            // At most PER_APP_QUEUE per claim, so no app ever holds more than twice that.
-            let limit = batch.saturating_sub(startable).clamp(1, PER_APP_QUEUE);
-            match repo::outbox::claim(&shared.pool, shared.owner, lease_ms, limit as i64, &full)
+        let queued_total: usize = queues.values().map(VecDeque::len).sum();
+        // Normal top-up: a whole batch when the local queue runs half empty.
+        // Fairness top-up: when some app waits at its slot cap while slots are
+        // free, other apps' events may sit behind its in the outbox; at most once a
+        // poll interval, claim passing over the apps at their cap (that scan can
+        // be long when one app owns most of the outbox, hence the rate limit).
+        let claim = if queued_total <= batch / 2 && !outbox_drained {
+            Some((batch - queued_total, Vec::new()))
+        } else {
+            let at_cap: Vec<Uuid> = {
+                let running = lock(&running);
+                queues
+                    .keys()
+                    .filter(|app| running.get(*app).copied().unwrap_or(0) >= app_slots)
+                    .copied()
+                    .collect()
+            };
+            let fair = !at_cap.is_empty()
+                && startable == 0
+                && slots.available_permits() > 0
+                && last_fair_claim.elapsed() >= shared.config.poll_interval;
+            fair.then(|| {
+                last_fair_claim = Instant::now();
+                (PER_APP_QUEUE, at_cap)
+            })
+        };
+        if let Some((limit, skip)) = claim {
+            match repo::outbox::claim(&shared.pool, shared.owner, lease_ms, limit as i64, &skip)
                 .await
             {
                 Ok(claimed) => {
                     backoff = Duration::from_millis(50);
-                    outbox_drained = claimed.len() < limit;
+                    if skip.is_empty() {
+                        outbox_drained = claimed.len() < limit;
+                    }
                     let now = Instant::now();
                     let mut in_flight = lock(&shared.in_flight);
                     for event in claimed {
@@ -235,7 +261,18 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
         }
         // Start what may start: every app in turn, within its slots and the free slots.
         let mut blocked = false;
-        for (app, queue) in queues.iter_mut() {
+        // Apps take the free slots in turn, starting one further each time round.
+        let mut order: Vec<Uuid> = queues.keys().copied().collect();
+        order.sort_unstable();
+        if !order.is_empty() {
+            turn = turn.wrapping_add(1);
+            let start = turn % order.len();
+            order.rotate_left(start);
+        }
+        for app in &order {
+            let Some(queue) = queues.get_mut(app) else {
+                continue;
+            };
             while !queue.is_empty() {
                 let under_cap = {
                     let mut running = lock(&running);
@@ -591,18 +628,18 @@ async fn write_outcomes(shared: Arc<Shared>, mut outcomes: mpsc::UnboundedReceiv
                 .collect();
             started.retain(|id| !finished.contains(id));
         }
-        if !started.is_empty() {
-            if let Err(e) = repo::outbox::mark_started(&shared.pool, shared.owner, &started).await {
-                tracing::warn!(error = %e, "marking started handlers failed; a crash now would not charge their attempt");
-            }
-        }
         let mut done: Vec<i64> = completed.clone();
-        if !completed.is_empty() {
-            if let Err(e) =
-                with_retries(|| repo::outbox::complete(&shared.pool, shared.owner, &completed))
-                    .await
-            {
-                tracing::error!(error = %e, events = completed.len(), "recording completed events failed; they will run again after their leases expire");
+        if !completed.is_empty() || !started.is_empty() {
+            let write = || {
+                repo::outbox::complete_and_mark_started(
+                    &shared.pool,
+                    shared.owner,
+                    &completed,
+                    &started,
+                )
+            };
+            if let Err(e) = with_retries(write).await {
+                tracing::error!(error = %e, events = completed.len(), "recording completed and started events failed; they will run again after their leases expire");
             }
         }
         if !retries.is_empty() {

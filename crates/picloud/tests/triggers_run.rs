@@ -600,7 +600,9 @@ async fn one_apps_slow_handlers_do_not_hold_up_another_apps(pool: PgPool) {
     config.limits.timeout = Duration::from_secs(8);
     let r = TestApp::running(pool.clone(), config).await;
     let t = &r.app;
-    // A hog: 12 events, more than every dispatcher slot, each running to the timeout.
+    // A hog: 80 events, more than every dispatcher slot and more than a claim
+    // takes (the other app's event is then only reachable past the hog's
+    // backlog in the outbox), each running to the timeout.
     let hog = t.create_app("hog").await;
     let slow = t
         .create_script(&hog, "slow", "let i = 0; loop { i += 1; }", false)
@@ -615,12 +617,12 @@ async fn one_apps_slow_handlers_do_not_hold_up_another_apps(pool: PgPool) {
     t.create_script(
         &hog,
         "flood",
-        r#"for i in 0..12 { kv::set("c", "k" + i, i); }"#,
+        r#"for i in 0..80 { kv::set("c", "k" + i, i); }"#,
         false,
     )
     .await;
     assert_eq!(t.invoke(&hog, "flood", json!(null)).await.0, StatusCode::OK);
-    // Another app's one quick event, enqueued after the hog's twelve.
+    // Another app's one quick event, enqueued after the hog's eighty.
     let other = t.create_app("other").await;
     let quick = t.create_script(&other, "quick", RECORD, false).await;
     trigger(

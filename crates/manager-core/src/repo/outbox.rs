@@ -147,6 +147,27 @@ pub async fn mark_started(
     Ok(done.rows_affected())
 }
 
+/// [`complete`] and [`mark_started`] in one statement (one commit): deletes the
+/// handled `completed` and marks `started` as running.
+pub async fn complete_and_mark_started(
+    db: impl sqlx::PgExecutor<'_>,
+    owner: Uuid,
+    completed: &[i64],
+    started: &[i64],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH done AS (DELETE FROM outbox WHERE id = ANY($1) AND lease_owner = $3 RETURNING 1), \
+              marked AS (UPDATE outbox SET started_at = now() WHERE id = ANY($2) AND lease_owner = $3 RETURNING 1) \
+         SELECT (SELECT count(*) FROM done) + (SELECT count(*) FROM marked)",
+    )
+    .bind(completed)
+    .bind(started)
+    .bind(owner)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// Deletes the handled events `ids` that `owner` still holds.
 pub async fn complete(
     db: impl sqlx::PgExecutor<'_>,
