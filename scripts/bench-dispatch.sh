@@ -54,10 +54,15 @@ api -d '{"name":"produce","source":"let n = ctx.request.body.n; for i in 0..n { 
   "http://127.0.0.1:18190/api/v1/admin/apps/$APP/scripts" >/dev/null
 stop_picloud "$P0"
 
-prefill() {
+# feed N: N events into the outbox, as N writes would (no vacuum: autovacuum only).
+feed() {
   PSQL "INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, backoff, base_ms, trigger_depth)
         SELECT '$APP', t.id, t.script_id, 'kv', jsonb_build_object('kind','kv','op','set','collection','in','key','k' || n,'value',n), 3, 'exponential', 1000, 1
         FROM triggers t, generate_series(1, $1) n WHERE t.app_id = '$APP'" >/dev/null
+}
+# prefill N: feed, then vacuum and analyse, as the graphile-worker anchor does before timing.
+prefill() {
+  feed "$1"
   PSQL "VACUUM ANALYZE outbox" >/dev/null
 }
 # drain PROCS: pre-fill EVENTS events with no process running, start PROCS processes, time until empty.
@@ -125,7 +130,8 @@ stop_picloud "$P1"
 # Sustained: producers keep the outbox full; handled per minute, first vs last.
 if [ "$SUSTAIN_SECS" -gt 0 ]; then
   P1=$(start_picloud 1)
-  (while true; do prefill 5000; sleep 0.5; [ "$(PSQL 'SELECT count(*) FROM outbox')" -gt 100000 ] && sleep 2; done) &
+  # Keep 20,000-60,000 events waiting, so the dispatcher is never idle.
+  (while true; do [ "$(PSQL 'SELECT count(*) FROM outbox')" -lt 20000 ] && feed 40000; sleep 0.2; done) &
   FEEDER=$!
   series='picloud_handler_runs_total{kind="kv",outcome="ok"}'
   m0=$(metric 18191 "$series"); sleep 60; m1=$(metric 18191 "$series")
