@@ -344,7 +344,7 @@ async fn a_rescue_charges_an_attempt_only_to_events_whose_handler_started(pool: 
             .unwrap()
             .id
     };
-    outbox::mark_started(&pool, dead, &[id_of("started")])
+    outbox::complete_and_mark_started(&pool, dead, &[], &[id_of("started")])
         .await
         .unwrap();
     // Its leases run out; another process rescues both.

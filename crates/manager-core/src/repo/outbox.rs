@@ -88,7 +88,7 @@ pub struct ClaimedEvent {
 /// passing over the apps in `skip_apps` (those the caller holds enough of).
 /// A claim moves `next_attempt_at` to the lease's end, so the row of a process
 /// that dies becomes due again when its lease runs out (a rescue); the lost run
-/// counts as an attempt if its handler had started ([`mark_started`]), or from
+/// counts as an attempt if its handler had started ([`complete_and_mark_started`]), or from
 /// the fifth rescue on (an event that kills its process before the mark is
 /// written must not loop forever).
 pub async fn claim(
@@ -132,23 +132,8 @@ pub async fn claim(
     .await
 }
 
-/// Records that the handlers of `ids` (held by `owner`) have started.
-pub async fn mark_started(
-    db: impl sqlx::PgExecutor<'_>,
-    owner: Uuid,
-    ids: &[i64],
-) -> Result<u64, sqlx::Error> {
-    let done =
-        sqlx::query("UPDATE outbox SET started_at = now() WHERE id = ANY($1) AND lease_owner = $2")
-            .bind(ids)
-            .bind(owner)
-            .execute(db)
-            .await?;
-    Ok(done.rows_affected())
-}
-
-/// [`complete`] and [`mark_started`] in one statement (one commit): deletes the
-/// handled `completed` and marks `started` as running.
+/// In one statement (one commit): deletes the handled events `completed` and
+/// marks the handlers of `started` as running, for the events `owner` still holds.
 pub async fn complete_and_mark_started(
     db: impl sqlx::PgExecutor<'_>,
     owner: Uuid,
@@ -166,20 +151,6 @@ pub async fn complete_and_mark_started(
     .execute(db)
     .await?;
     Ok(())
-}
-
-/// Deletes the handled events `ids` that `owner` still holds.
-pub async fn complete(
-    db: impl sqlx::PgExecutor<'_>,
-    owner: Uuid,
-    ids: &[i64],
-) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM outbox WHERE id = ANY($1) AND lease_owner = $2")
-        .bind(ids)
-        .bind(owner)
-        .execute(db)
-        .await?;
-    Ok(done.rows_affected())
 }
 
 /// A failed run to schedule again.

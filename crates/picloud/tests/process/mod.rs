@@ -102,27 +102,7 @@ pub struct Server {
 
 impl Server {
     pub fn start(data: &Path, port: u16, tag: &str, extra_env: &[(&str, &str)]) -> Server {
-        let stdout = data.with_file_name(format!("{tag}.stdout"));
-        let stderr = data.with_file_name(format!("{tag}.stderr"));
-        let mut cmd = command(data, port);
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        // Its own process group, as a terminal job would be.
-        cmd.process_group(0)
-            .arg("serve")
-            .arg("--dev")
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(std::fs::File::create(&stderr).unwrap());
-        let child = cmd.spawn().expect("spawn picloud");
-        let mut server = Server {
-            child,
-            stdout,
-            stderr,
-            port,
-        };
-        server.wait_healthy();
-        server
+        Self::spawn(data, port, tag, extra_env, &["serve", "--dev"])
     }
 
     /// A server (not dev mode) on the database at `database_url`, shared with
@@ -134,16 +114,22 @@ impl Server {
         database_url: &str,
         extra_env: &[(&str, &str)],
     ) -> Server {
+        let mut env = extra_env.to_vec();
+        env.push(("DATABASE_URL", database_url));
+        env.push(("PICLOUD_SECRET_KEY", SHARED_TEST_KEY));
+        Self::spawn(data, port, tag, &env, &["serve"])
+    }
+
+    fn spawn(data: &Path, port: u16, tag: &str, env: &[(&str, &str)], args: &[&str]) -> Server {
         let stdout = data.with_file_name(format!("{tag}.stdout"));
         let stderr = data.with_file_name(format!("{tag}.stderr"));
         let mut cmd = command(data, port);
-        for (k, v) in extra_env {
+        for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.env("DATABASE_URL", database_url)
-            .env("PICLOUD_SECRET_KEY", SHARED_TEST_KEY)
-            .process_group(0)
-            .arg("serve")
+        // Its own process group, as a terminal job would be.
+        cmd.process_group(0)
+            .args(args)
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap());
         let child = cmd.spawn().expect("spawn picloud");
