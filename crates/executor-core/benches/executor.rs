@@ -89,6 +89,7 @@ fn bench(executor: &Executor, app: AppId, name: &str, source: &str, body: Value,
         event: None,
         trigger_depth: 0,
         origin_principal: None,
+        chain_id: None,
     };
     for _ in 0..runs.min(1000) {
         executor.run(&script, ctx()).expect("warm-up run");

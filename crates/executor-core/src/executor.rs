@@ -74,6 +74,8 @@ pub struct RunContext {
     pub trigger_depth: u32,
     /// The API key the chain started from, passed to every SDK call.
     pub origin_principal: Option<uuid::Uuid>,
+    /// The trigger chain a handler belongs to (the id of its root event).
+    pub chain_id: Option<i64>,
 }
 
 /// The parts of an HTTP request a script sees.
@@ -175,6 +177,7 @@ impl Executor {
             app_id: ctx.app_id,
             trigger_depth: ctx.trigger_depth,
             origin_principal: ctx.origin_principal,
+            chain_id: ctx.chain_id,
             script_name: script.name.clone(),
             trigger: ctx.trigger,
             deadline,

@@ -29,6 +29,7 @@ pub(crate) struct RunState {
     pub app_id: AppId,
     pub trigger_depth: u32,
     pub origin_principal: Option<uuid::Uuid>,
+    pub chain_id: Option<i64>,
     pub script_name: String,
     pub trigger: &'static str,
     /// `None` when the timeout is too large to represent.
@@ -235,6 +236,7 @@ mod tests {
             app_id: AppId::new(),
             trigger_depth: 0,
             origin_principal: None,
+            chain_id: None,
             script_name: name.into(),
             trigger: "http",
             deadline: None,

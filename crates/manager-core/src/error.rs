@@ -49,6 +49,12 @@ impl From<ManagerError> for ServiceError {
             ManagerError::TooLarge { limit, actual } => ServiceError::TooLarge { limit, actual },
             ManagerError::Compile(e) => ServiceError::InvalidArgument(e.to_string()),
             ManagerError::Unavailable(m) => ServiceError::Unavailable(m),
+            ManagerError::Database(e) if is_statement_cancelled(&e) => {
+                tracing::warn!(error = %e, "a service call's statement was cancelled by the database");
+                ServiceError::Unavailable(
+                    "the database cancelled the call at the SDK time limit (PICLOUD_SDK_TIMEOUT_MS); it did not take effect".into(),
+                )
+            }
             ManagerError::Database(e) => {
                 tracing::error!(error = %e, "database error in a service call");
                 ServiceError::Unavailable("the database is unavailable".into())
@@ -65,6 +71,12 @@ pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
 /// True when `err` is a PostgreSQL foreign-key violation (SQLSTATE 23503).
 pub(crate) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
     has_sqlstate(err, "23503")
+}
+
+/// True when PostgreSQL cancelled the statement (SQLSTATE 57014: a
+/// `statement_timeout`, or an operator's `pg_cancel_backend`); it was rolled back.
+pub(crate) fn is_statement_cancelled(err: &sqlx::Error) -> bool {
+    has_sqlstate(err, "57014")
 }
 
 fn has_sqlstate(err: &sqlx::Error, code: &str) -> bool {

@@ -118,6 +118,7 @@ async fn kv_writes_enqueue_one_event_per_matching_trigger(pool: PgPool) {
         app_id: f.app,
         trigger_depth: 0,
         origin_principal: Some(principal),
+        chain_id: None,
     };
 
     kv.set(&ctx, "orders", "eu/1", json!({"n": 1}))
@@ -269,13 +270,14 @@ async fn a_chain_deeper_than_the_limit_keeps_its_change_and_drops_its_events(poo
         topic: "t".into(),
     }))
     .await;
-    let events = EventPolicy::new(3);
+    let events = EventPolicy::new(3, 1000);
     let kv = KvServiceImpl::with_events(pool.clone(), 1024, events.clone());
     let pubsub = PubsubServiceImpl::new(pool.clone(), 1024, events.clone());
     let at = |depth| CallContext {
         app_id: f.app,
         trigger_depth: depth,
         origin_principal: None,
+        chain_id: None,
     };
     kv.set(&at(2), "c", "k", json!(1)).await.unwrap();
     assert_eq!(f.outbox().await.len(), 1, "depth 3 is within the limit");
@@ -383,4 +385,133 @@ async fn a_rescue_charges_an_attempt_only_to_events_whose_handler_started(pool: 
         let expected = if rescue >= 5 { rescue - 4 } else { 0 };
         assert_eq!(queued.attempts, expected, "rescue {rescue}");
     }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_chain_past_its_event_budget_keeps_its_changes_and_drops_its_events(pool: PgPool) {
+    let f = Fixture::new(pool.clone(), "a").await;
+    f.trigger(kv_trigger("c", None, &[KvOp::Set, KvOp::Delete]))
+        .await;
+    f.trigger(kv_trigger("c", None, &[KvOp::Set])).await;
+    f.trigger(TriggerConfig::Pubsub(PubsubTriggerConfig {
+        topic: "t".into(),
+    }))
+    .await;
+    let events = EventPolicy::new(8, 5);
+    let kv = KvServiceImpl::with_events(pool.clone(), 1024, events.clone());
+    let pubsub = PubsubServiceImpl::new(pool.clone(), 1024, events.clone());
+    let in_chain = |chain_id| CallContext {
+        app_id: f.app,
+        trigger_depth: 1,
+        origin_principal: None,
+        chain_id,
+    };
+    // Chain 7 spends 2 + 2 of its 5 events; the third write (6 > 5) is dropped.
+    kv.set(&in_chain(Some(7)), "c", "k", json!(1))
+        .await
+        .unwrap();
+    kv.set(&in_chain(Some(7)), "c", "k", json!(2))
+        .await
+        .unwrap();
+    assert_eq!(f.outbox().await.len(), 4);
+    kv.set(&in_chain(Some(7)), "c", "k", json!(3))
+        .await
+        .unwrap();
+    assert_eq!(f.outbox().await.len(), 4, "over the budget: dropped");
+    assert_eq!(events.counters().budget_drops.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        kv.get(f.app, "c", "k").await.unwrap(),
+        Some(json!(3)),
+        "the write itself stands"
+    );
+    // Once spent, the chain stays spent, whatever the source.
+    assert!(kv.delete(&in_chain(Some(7)), "c", "k").await.unwrap());
+    assert_eq!(
+        pubsub
+            .publish(&in_chain(Some(7)), "t", json!(1))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(events.counters().budget_drops.load(Ordering::Relaxed), 4);
+    // Another chain has its own budget; changes outside a chain are not counted.
+    assert_eq!(
+        pubsub
+            .publish(&in_chain(Some(8)), "t", json!(1))
+            .await
+            .unwrap(),
+        1
+    );
+    for i in 0..10 {
+        kv.set(&in_chain(None), "c", "k", json!(i)).await.unwrap();
+    }
+    assert_eq!(f.outbox().await.len(), 4 + 1 + 20);
+    let chains: Vec<Option<i64>> =
+        sqlx::query_scalar("SELECT chain_id FROM outbox WHERE app_id = $1 ORDER BY id")
+            .bind(f.app.0)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(chains[..4].iter().all(|c| *c == Some(7)), "{chains:?}");
+    assert_eq!(chains[4], Some(8));
+    assert!(
+        chains[5..].iter().all(Option::is_none),
+        "roots start chains"
+    );
+    assert_eq!(events.counters().depth_drops.load(Ordering::Relaxed), 0);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_queue_tables_are_vacuumed_by_dead_rows_not_by_fraction(pool: PgPool) {
+    for table in ["outbox", "trigger_chains"] {
+        let options: Vec<String> = sqlx::query_scalar(
+            "SELECT unnest(reloptions) FROM pg_class WHERE relname = $1 AND relkind = 'r'",
+        )
+        .bind(table)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for wanted in [
+            "autovacuum_vacuum_scale_factor=0",
+            "autovacuum_vacuum_threshold=5000",
+            "autovacuum_vacuum_cost_delay=0",
+        ] {
+            assert!(
+                options.iter().any(|o| o == wanted),
+                "{table}: {wanted} missing from {options:?}"
+            );
+        }
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_app_holds_at_most_its_trigger_limit(pool: PgPool) {
+    let f = Fixture::new(pool.clone(), "a").await;
+    let triggers = f.triggers.clone().with_max_per_app(3);
+    let (app, script) = (f.app, f.script);
+    let request = move || NewTriggerRequest {
+        script_id: script,
+        config: kv_trigger("c", None, &[KvOp::Set]),
+        retry: None,
+    };
+    // Racing registrations cannot pass the limit together.
+    let mut racing = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let triggers = triggers.clone();
+        racing.spawn(async move { triggers.create(app, request(), None).await });
+    }
+    let results = racing.join_all().await;
+    let created: Vec<Uuid> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|t| t.id))
+        .collect();
+    assert_eq!(created.len(), 3, "{results:?}");
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            refused.to_string().contains("PICLOUD_MAX_TRIGGERS_PER_APP"),
+            "{refused}"
+        );
+    }
+    triggers.delete(app, created[0]).await.unwrap();
+    triggers.create(app, request(), None).await.unwrap();
 }

@@ -142,6 +142,7 @@ fn time_script(executor: &Executor, app: AppId, name: &str, source: &str, runs: 
         event: None,
         trigger_depth: 0,
         origin_principal: None,
+        chain_id: None,
     };
     for _ in 0..runs.min(500) {
         executor.run(&script, ctx()).expect("warm-up run");

@@ -44,6 +44,10 @@ pub struct AppConfig {
     pub public_url: String,
     /// Longest trigger chain (`PICLOUD_MAX_TRIGGER_DEPTH`): events deeper are dropped.
     pub max_trigger_depth: u32,
+    /// Events the handlers of one trigger chain may enqueue (`PICLOUD_MAX_CHAIN_EVENTS`).
+    pub max_chain_events: u32,
+    /// Triggers one app may register (`PICLOUD_MAX_TRIGGERS_PER_APP`).
+    pub max_triggers_per_app: u32,
     /// How long a request body may take to arrive (`PICLOUD_HTTP_BODY_TIMEOUT_SECS`).
     pub body_timeout: Duration,
     /// Bytes all request bodies being read may hold at once (`PICLOUD_MAX_BODY_BUFFER_BYTES`).
@@ -61,6 +65,9 @@ impl Default for AppConfig {
             ast_cache_bytes: DEFAULT_AST_CACHE_BYTES,
             public_url: "http://127.0.0.1:8080".into(),
             max_trigger_depth: picloud_manager_core::service::events::DEFAULT_MAX_TRIGGER_DEPTH,
+            max_chain_events: picloud_manager_core::service::events::DEFAULT_MAX_CHAIN_EVENTS,
+            max_triggers_per_app:
+                picloud_manager_core::service::triggers::DEFAULT_MAX_TRIGGERS_PER_APP,
             body_timeout: Duration::from_secs(30),
             max_body_buffer_bytes: 256 * 1024 * 1024,
         }
@@ -309,6 +316,16 @@ impl Config {
                 max_trigger_depth: parse_num(
                     "PICLOUD_MAX_TRIGGER_DEPTH",
                     app_defaults.max_trigger_depth,
+                    1,
+                )?,
+                max_chain_events: parse_num(
+                    "PICLOUD_MAX_CHAIN_EVENTS",
+                    app_defaults.max_chain_events,
+                    1,
+                )?,
+                max_triggers_per_app: parse_num(
+                    "PICLOUD_MAX_TRIGGERS_PER_APP",
+                    app_defaults.max_triggers_per_app,
                     1,
                 )?,
                 body_timeout: Duration::from_secs(parse_num(

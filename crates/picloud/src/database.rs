@@ -6,8 +6,33 @@ use crate::{
 };
 use anyhow::{bail, Context};
 use picloud_manager_core::MIGRATOR;
-use sqlx::{postgres::PgPoolOptions, PgPool};
-use std::time::Duration;
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    Connection, PgConnection, PgPool,
+};
+use std::{str::FromStr, time::Duration};
+
+/// The pool every picloud process uses: 32 connections; with
+/// `statement_timeout`, each connection's statements are cancelled by
+/// PostgreSQL past it and a connection is waited for at most as long.
+pub fn pool_options(statement_timeout: Option<Duration>) -> PgPoolOptions {
+    let options = PgPoolOptions::new().max_connections(32);
+    let Some(timeout) = statement_timeout else {
+        return options.acquire_timeout(Duration::from_secs(5));
+    };
+    let millis = timeout.as_millis().max(1);
+    options
+        .acquire_timeout(timeout)
+        // A SET (not a startup option), so poolers that refuse startup options work too.
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                sqlx::query(&format!("SET statement_timeout = {millis}"))
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+}
 
 /// An open, migrated database and, when embedded, the cluster and lock behind it.
 pub struct Database {
@@ -26,8 +51,16 @@ pub enum Ownership {
 }
 
 impl Database {
-    /// Opens the database `config` points at and applies migrations.
-    pub async fn open(config: &Config, ownership: Ownership) -> anyhow::Result<Self> {
+    /// Opens the database `config` points at and applies migrations. With
+    /// `statement_timeout`, PostgreSQL cancels (and rolls back) any statement
+    /// of the pool that runs longer, and the pool waits at most as long for a
+    /// connection: the server passes `PICLOUD_SDK_TIMEOUT_MS`, so an SDK call
+    /// that times out has not taken effect. CLI commands pass `None`.
+    pub async fn open(
+        config: &Config,
+        ownership: Ownership,
+        statement_timeout: Option<Duration>,
+    ) -> anyhow::Result<Self> {
         let (url, embedded, lock) = match &config.database_url {
             Some(url) => (url.clone(), None, None),
             None => {
@@ -50,16 +83,22 @@ impl Database {
                 }
             }
         };
-        let pool = PgPoolOptions::new()
-            .max_connections(32)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(&url)
-            .await
-            .context("DATABASE_URL: cannot connect to PostgreSQL; check the URL and that the server is up")?;
+        let options = PgConnectOptions::from_str(&url)
+            .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+        // Migrations (and their lock wait) get a connection of their own, unbounded.
+        let mut migrating = PgConnection::connect_with(&options).await.context(
+            "DATABASE_URL: cannot connect to PostgreSQL; check the URL and that the server is up",
+        )?;
         MIGRATOR
-            .run(&pool)
+            .run(&mut migrating)
             .await
             .context("applying database migrations failed")?;
+        // Best effort: the connection is dropped either way.
+        let _ = migrating.close().await;
+        let pool = pool_options(statement_timeout)
+            .connect_with(options)
+            .await
+            .context("DATABASE_URL: cannot connect to PostgreSQL; check the URL and that the server is up")?;
         Ok(Self {
             pool,
             embedded,

@@ -68,6 +68,9 @@ const MAX_WRITE_BATCH: usize = 1024;
 const WRITE_LINGER: Duration = Duration::from_millis(5);
 /// How often the outbox depth gauge and the dead-letter fan-out sweep run.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a chain's event count is kept: a chain still enqueueing after
+/// this starts a fresh budget.
+const CHAIN_MEMORY: Duration = Duration::from_secs(24 * 3600);
 
 /// The dispatcher's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -456,6 +459,7 @@ async fn handle(
         event: Some(event.payload.0.clone()),
         trigger_depth: u32::try_from(event.trigger_depth).unwrap_or(0),
         origin_principal: event.origin_principal,
+        chain_id: Some(event.chain_id),
     };
     let executor = shared.executor.clone();
     let metrics = shared.metrics.clone();
@@ -751,6 +755,9 @@ async fn housekeeping(shared: Arc<Shared>) {
         }
         if let Err(e) = shared.dead_letters.fan_out(None, 100).await {
             tracing::warn!(error = %e, "fanning out pending dead letters failed; retrying later");
+        }
+        if let Err(e) = repo::outbox::forget_chains(&shared.pool, CHAIN_MEMORY).await {
+            tracing::warn!(error = %e, "forgetting old trigger chains failed; retrying later");
         }
         tokio::time::sleep(HOUSEKEEPING_INTERVAL).await;
     }

@@ -112,7 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: KeysCommand::Rotate { batch_size },
         } => {
             let keyring = load_keyring(&config)?;
-            let db = Database::open(&config, Ownership::Shared).await?;
+            let db = Database::open(&config, Ownership::Shared, None).await?;
             let report = rotate(&db.pool, &keyring, batch_size.max(1), None).await;
             db.close().await;
             let report = report?;
@@ -133,7 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => {
-            let db = Database::open(&config, Ownership::Shared).await?;
+            let db = Database::open(&config, Ownership::Shared, None).await?;
             println!("migrations applied");
             db.close().await;
             Ok(())
@@ -142,7 +142,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: AdminCommand::CreateKey { name, scopes },
         } => {
             let scopes = parse_scopes(&scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
-            let db = Database::open(&config, Ownership::Shared).await?;
+            let db = Database::open(&config, Ownership::Shared, None).await?;
             let created = ApiKeysService::new(db.pool.clone())
                 .create(&name, &scopes)
                 .await

@@ -4,11 +4,13 @@
 //! to see everything picloud counts.
 
 use picloud_executor_core::PoolStats;
+use picloud_manager_core::service::events::EventCounters;
 use picloud_shared::triggers::TriggerKind;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
+use std::sync::atomic::Ordering;
 
 /// The `outcome` label values of script runs.
 pub const RUN_OUTCOMES: [&str; 3] = ["ok", "error", "limit"];
@@ -46,6 +48,9 @@ pub struct Metrics {
     /// `picloud_trigger_depth_drops_total`: events dropped for a chain deeper
     /// than `PICLOUD_MAX_TRIGGER_DEPTH` (caught up from the writers' counter at scrape time).
     depth_drops: IntCounter,
+    /// `picloud_trigger_budget_drops_total`: events dropped because their
+    /// chain's handlers had enqueued `PICLOUD_MAX_CHAIN_EVENTS` (caught up at scrape time).
+    budget_drops: IntCounter,
 }
 
 /// The `outcome` label values of handler runs.
@@ -137,7 +142,12 @@ impl Metrics {
             "Events dropped because their trigger chain was deeper than PICLOUD_MAX_TRIGGER_DEPTH",
         )
         .expect("static metric definition is valid");
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+        let budget_drops = IntCounter::new(
+            "picloud_trigger_budget_drops_total",
+            "Events dropped because their trigger chain's handlers had enqueued PICLOUD_MAX_CHAIN_EVENTS events",
+        )
+        .expect("static metric definition is valid");
+        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
             Box::new(script_runs.clone()),
             Box::new(script_run_duration.clone()),
             Box::new(pool_workers.clone()),
@@ -151,6 +161,7 @@ impl Metrics {
             Box::new(dead_letters.clone()),
             Box::new(dead_letter_handlers_exhausted.clone()),
             Box::new(depth_drops.clone()),
+            Box::new(budget_drops.clone()),
         ];
         for collector in collectors {
             registry
@@ -188,13 +199,19 @@ impl Metrics {
             dead_letters,
             dead_letter_handlers_exhausted,
             depth_drops,
+            budget_drops,
         }
     }
 
-    /// Catches the depth-drop counter up with the event writers' count (at scrape time).
-    pub fn observe_depth_drops(&self, total: u64) {
-        let seen = self.depth_drops.get();
-        self.depth_drops.inc_by(total.saturating_sub(seen));
+    /// Catches the drop counters up with the event writers' counts (at scrape time).
+    pub fn observe_event_drops(&self, counters: &EventCounters) {
+        for (metric, total) in [
+            (&self.depth_drops, &counters.depth_drops),
+            (&self.budget_drops, &counters.budget_drops),
+        ] {
+            let seen = metric.get();
+            metric.inc_by(total.load(Ordering::Relaxed).saturating_sub(seen));
+        }
     }
 
     /// Copies a reading of the script pool into its metrics (at scrape time).

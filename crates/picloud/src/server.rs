@@ -27,7 +27,12 @@ pub async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     if config.dev_mode {
         tracing::warn!("dev mode is on: meant for local development only");
     }
-    let database = Database::open(&config, Ownership::Exclusive).await?;
+    let database = Database::open(
+        &config,
+        Ownership::Exclusive,
+        Some(config.app.limits.sdk_timeout),
+    )
+    .await?;
     // A wrong key must never yield garbage later: refuse to start instead.
     if let Err(e) = check_keys(&database.pool, &keyring).await {
         database.close().await;

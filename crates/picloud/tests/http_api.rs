@@ -861,3 +861,71 @@ async fn health_readiness_index_and_metrics(pool: PgPool) {
         "unavailable",
     );
 }
+
+/// An SDK write that cannot finish within `PICLOUD_SDK_TIMEOUT_MS` (here it
+/// waits for a row another transaction holds) is cancelled by PostgreSQL, so
+/// the script's `unavailable` means "not written", and the write never lands
+/// later. The pool is the server's own (`database::pool_options`).
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_sdk_call_past_its_timeout_is_cancelled_and_does_not_take_effect(
+    _: sqlx::postgres::PgPoolOptions,
+    connect: sqlx::postgres::PgConnectOptions,
+) {
+    let sdk_timeout = std::time::Duration::from_secs(1);
+    let pool = picloud::database::pool_options(Some(sdk_timeout))
+        .connect_with(connect)
+        .await
+        .unwrap();
+    let mut config = support::test_config();
+    config.limits.sdk_timeout = sdk_timeout;
+    config.limits.timeout = std::time::Duration::from_secs(5);
+    let t = TestApp::with_config(pool.clone(), config).await;
+    let app = t.create_app("a").await;
+    t.create_script(&app, "first", r#"kv::set("c", "k", 1)"#, false)
+        .await;
+    t.create_script(
+        &app,
+        "second",
+        r#"let r = (); try { kv::set("c", "k", 2); r = "written" } catch (e) { r = e } r"#,
+        false,
+    )
+    .await;
+    assert_eq!(t.invoke(&app, "first", json!(null)).await.0, StatusCode::OK);
+
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM kv_entries WHERE collection = 'c' AND key = 'k' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let (status, out) = t.invoke(&app, "second", json!(null)).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["kind"], "unavailable", "{out}");
+    assert!(
+        out["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not take effect"),
+        "{out}"
+    );
+    holder.rollback().await.unwrap();
+
+    // A statement still waiting for the row would take it before this one
+    // (lock waiters queue in order) and write 2 first.
+    let mut reader = pool.begin().await.unwrap();
+    let value: sqlx::types::Json<Value> = sqlx::query_scalar(
+        "SELECT value FROM kv_entries WHERE collection = 'c' AND key = 'k' FOR UPDATE",
+    )
+    .fetch_one(&mut *reader)
+    .await
+    .unwrap();
+    assert_eq!(value.0, json!(1), "the cancelled write never landed");
+    reader.rollback().await.unwrap();
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(waiting, 0);
+}

@@ -140,6 +140,14 @@ async fn bad_registrations_are_422_and_store_nothing(pool: PgPool) {
         ),
         (json!({"kind": "kv", "script_id": script}), "config"),
         (
+            json!({"kind": "kv", "script_id": script, "config": {"collection": "c", "ops": ["set", "set"]}}),
+            "ops must not name an op twice",
+        ),
+        (
+            json!({"kind": "kv", "script_id": script, "config": {"collection": "c"}, "retries": {"max_attempts": 1}}),
+            "unknown field `retries`",
+        ),
+        (
             json!({"kind": "pubsub", "script_id": script, "config": {"topic": "a..b"}}),
             "topic",
         ),
@@ -198,6 +206,32 @@ async fn bad_registrations_are_422_and_store_nothing(pool: PgPool) {
             Some(json!({"kind": "kv", "script_id": foreign, "config": {"collection": "c"}})),
         )
         .await;
+    // A dead_letter filter names a trigger or script of this app only.
+    for (config, expected) in [
+        (
+            json!({"trigger_id": theirs["id"]}),
+            "config.trigger_id names no trigger of this app",
+        ),
+        (
+            json!({"script_id": foreign}),
+            "config.script_id names no script of this app",
+        ),
+    ] {
+        let (status, resp) = t
+            .admin(
+                Method::POST,
+                &triggers(&app),
+                Some(json!({"kind": "dead_letter", "script_id": script, "config": config})),
+            )
+            .await;
+        let message = assert_error(
+            status,
+            &resp,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+        );
+        assert_eq!(message, expected);
+    }
     let path = format!("{}/{}", triggers(&app), theirs["id"].as_str().unwrap());
     let (status, resp) = t.admin(Method::GET, &path, None).await;
     assert_error(status, &resp, StatusCode::NOT_FOUND, "not_found");
@@ -335,4 +369,61 @@ async fn dead_letters_page_newest_first_even_while_they_are_deleted(pool: PgPool
         let (status, body) = t.admin(Method::GET, &format!("{base}?{query}"), None).await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
     }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_dead_letter_is_replayed_once_while_its_replay_is_pending(pool: PgPool) {
+    // No dispatcher runs here, so a replayed event stays pending.
+    let t = TestApp::new(pool.clone()).await;
+    let app = t.create_app("a").await;
+    let script = t.create_script(&app, "handler", "1", false).await;
+    let (_, trigger) = t
+        .admin(
+            Method::POST,
+            &triggers(&app),
+            Some(json!({"kind": "kv", "script_id": script, "config": {"collection": "c"}})),
+        )
+        .await;
+    let id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO dead_letters (id, app_id, trigger_id, script_id, source_kind, payload, attempts, \
+         last_error, trigger_depth, first_attempt_at, last_attempt_at) \
+         VALUES ($1, $2::uuid, $3::uuid, $4::uuid, 'kv', '{\"kind\": \"kv\"}', 1, 'x', 1, now(), now())",
+    )
+    .bind(id)
+    .bind(&app)
+    .bind(trigger["id"].as_str().unwrap())
+    .bind(&script)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let replay = format!("/api/v1/admin/apps/{app}/dead-letters/{id}/replay");
+    // Concurrent replays: exactly one is queued, the others are told it is pending.
+    let answers =
+        futures_util::future::join_all((0..6).map(|_| t.admin(Method::POST, &replay, None))).await;
+    let accepted: Vec<&Value> = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::ACCEPTED)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(accepted.len(), 1, "{answers:?}");
+    for (status, body) in answers.iter().filter(|(s, _)| *s != StatusCode::ACCEPTED) {
+        let message = assert_error(*status, body, StatusCode::CONFLICT, "conflict");
+        assert!(message.contains("replayed already"), "{message}");
+    }
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE app_id = $1::uuid")
+        .bind(&app)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 1);
+    // Once that event is handled (its row gone), the dead letter can be replayed again.
+    sqlx::query("DELETE FROM outbox WHERE id = $1")
+        .bind(accepted[0]["outbox_id"].as_i64().unwrap())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (status, body) = t.admin(Method::POST, &replay, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_ne!(body["outbox_id"], accepted[0]["outbox_id"]);
 }

@@ -548,6 +548,56 @@ async fn the_depth_limit_stops_a_handler_that_triggers_itself(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn the_chain_budget_stops_handlers_that_fan_out_to_each_other(pool: PgPool) {
+    let config = AppConfig {
+        max_chain_events: 20,
+        ..test_config()
+    };
+    let r = TestApp::running(pool.clone(), config).await;
+    let t = &r.app;
+    let app = t.create_app("a").await;
+    // Three triggers on one collection whose handlers write to it: every
+    // write fans out to three events, a width the depth limit alone lets grow
+    // to 3^8 runs.
+    let script = t
+        .create_script(&app, "fan", r#"kv::set("fan", "k", 1)"#, false)
+        .await;
+    for _ in 0..3 {
+        trigger(
+            t,
+            &app,
+            json!({"kind": "kv", "script_id": script, "config": {"collection": "fan"}}),
+        )
+        .await;
+    }
+    t.create_script(&app, "start", r#"kv::set("fan", "k", 0)"#, false)
+        .await;
+    assert_eq!(t.invoke(&app, "start", json!(null)).await.0, StatusCode::OK);
+    // Each of the 3 root events starts a chain. A chain's handlers may
+    // enqueue 20 events: writes of 3 pass while the count stays within
+    // (3, 6, ..., 18), so 6 writes pass (18 events) and its other 13 writes
+    // (39 events) are dropped. Runs: 3 roots + 3 x 18.
+    eventually("every chain to stop", WAIT, || async {
+        let (_, metrics) = t.call(Method::GET, "/metrics", None, None).await;
+        metrics
+            .as_str()?
+            .contains("picloud_trigger_budget_drops_total 117")
+            .then_some(())
+    })
+    .await;
+    eventually("nothing pending", WAIT, || outbox_empty(&pool, &app)).await;
+    let (_, metrics) = t.call(Method::GET, "/metrics", None, None).await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains(r#"picloud_handler_runs_total{kind="kv",outcome="ok"} 57"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("picloud_trigger_budget_drops_total 117"));
+    assert!(metrics.contains("picloud_trigger_depth_drops_total 0"));
+    r.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn outbox_stats_count_what_waits(pool: PgPool) {
     // No dispatcher runs here, so enqueued events stay.
     let t = TestApp::new(pool.clone()).await;

@@ -311,6 +311,13 @@ impl TriggerConfig {
                 if c.ops.is_empty() {
                     return Err(invalid("config.ops must name at least one of set, delete"));
                 }
+                if c.ops
+                    .iter()
+                    .enumerate()
+                    .any(|(i, op)| c.ops[..i].contains(op))
+                {
+                    return Err(invalid("config.ops must not name an op twice"));
+                }
             }
             TriggerConfig::Cron(c) => check_filter("config.schedule", &c.schedule, false)?,
             TriggerConfig::Pubsub(c) => validate_topic_pattern(&c.topic)?,
@@ -508,6 +515,9 @@ pub struct CallContext {
     /// The API key the chain started from (the invoker, or whoever registered
     /// the trigger that started it), if any.
     pub origin_principal: Option<Uuid>,
+    /// The trigger chain a handler's calls belong to (the id of the event the
+    /// chain started from); `None` outside handlers.
+    pub chain_id: Option<i64>,
 }
 
 impl CallContext {
@@ -517,6 +527,7 @@ impl CallContext {
             app_id,
             trigger_depth: 0,
             origin_principal: None,
+            chain_id: None,
         }
     }
 }

@@ -6,9 +6,13 @@
 //!   argument;
 //! - an SDK call takes effect when it returns: a script that throws later
 //!   keeps its earlier writes, as in Cloudflare Workers;
-//! - each async service call runs with `Handle::block_on` under its own
-//!   timeout (`on_progress` cannot interrupt a native call), shortened to
-//!   what is left of the run's wall-clock budget;
+//! - each async service call runs with `Handle::block_on` (`on_progress`
+//!   cannot interrupt a native call). Services bound their own work by the
+//!   SDK timeout (the database cancels a statement past it, so a call that
+//!   times out did not take effect); the bridge waits a little longer than a
+//!   service can take — [`answer_wait`] — and only a service that stops
+//!   answering leaves an outcome unknown. The wait is shortened to what is
+//!   left of the run's wall-clock budget;
 //! - failures are catchable Rhai exceptions whose value is `#{kind, message}`,
 //!   built in exactly one place: [`service_error_to_exception`].
 
@@ -95,6 +99,7 @@ pub(crate) fn current_run(pos: Position) -> SdkResult<RunInfo> {
             app_id: run.app_id,
             trigger_depth: run.trigger_depth,
             origin_principal: run.origin_principal,
+            chain_id: run.chain_id,
         },
     })
     .ok_or_else(|| {
@@ -121,7 +126,8 @@ pub(crate) fn block_on<T>(
     if remaining.is_zero() {
         return Err(out_of_time(pos));
     }
-    let wait = env.sdk_timeout.min(remaining);
+    let answer_wait = answer_wait(env.sdk_timeout);
+    let wait = answer_wait.min(remaining);
     // The timer is created inside `block_on`, where the runtime's time driver is in context.
     match env
         .runtime
@@ -129,15 +135,24 @@ pub(crate) fn block_on<T>(
     {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(err)) => Err(service_error_to_exception(&err, pos)),
-        Err(_) if wait < env.sdk_timeout => Err(out_of_time(pos)),
+        Err(_) if wait < answer_wait => Err(out_of_time(pos)),
         Err(_) => Err(service_error_to_exception(
             &ServiceError::Unavailable(format!(
-                "{what} timed out after {} ms; its outcome is unknown (a write may still take effect)",
-                env.sdk_timeout.as_millis()
+                "{what} got no answer within {} ms; its outcome is unknown (a write may still take effect)",
+                answer_wait.as_millis()
             )),
             pos,
         )),
     }
+}
+
+/// How long a bridge waits for a service bounded by `sdk_timeout`: its wait
+/// for a connection and its statement may each take that long, plus a margin
+/// for the answer to arrive.
+pub(crate) fn answer_wait(sdk_timeout: Duration) -> Duration {
+    sdk_timeout
+        .saturating_mul(2)
+        .saturating_add(sdk_timeout / 4)
 }
 
 /// A required string argument.

@@ -90,6 +90,7 @@ fn trigger_runs_see_the_event_and_no_request() {
         event: Some(json!({"kind": "kv", "collection": "users", "key": "k"})),
         trigger_depth: 1,
         origin_principal: None,
+        chain_id: Some(1),
     };
     let out = h
         .executor
@@ -276,6 +277,7 @@ fn sdk_calls_carry_the_runs_depth_and_origin_to_the_services() {
         event: Some(json!({"kind": "pubsub", "topic": "t", "message": 1})),
         trigger_depth: 3,
         origin_principal: Some(principal),
+        chain_id: Some(42),
     };
     h.executor
         .run(&script(r#"pubsub::publish("orders.new", #{ id: 7 })"#), ctx)
@@ -288,8 +290,10 @@ fn sdk_calls_carry_the_runs_depth_and_origin_to_the_services() {
     assert_eq!(published[0].ctx.app_id, h.app);
     assert_eq!(published[0].ctx.trigger_depth, 3);
     assert_eq!(published[0].ctx.origin_principal, Some(principal));
+    assert_eq!(published[0].ctx.chain_id, Some(42));
     assert_eq!(published[1].ctx.trigger_depth, 0, "an HTTP run is depth 0");
     assert_eq!(published[1].ctx.origin_principal, None);
+    assert_eq!(published[1].ctx.chain_id, None, "an HTTP run starts chains");
 
     let err = h.run(r#"pubsub::publish("a..b", 1)"#).unwrap_err();
     assert!(err.to_string().contains("topic"), "{err}");

@@ -204,6 +204,6 @@ fn slow_service_calls_time_out_as_unavailable() {
         .unwrap();
     assert_eq!(
         out,
-        json!({"kind": "unavailable", "message": "kv::get timed out after 50 ms; its outcome is unknown (a write may still take effect)"})
+        json!({"kind": "unavailable", "message": "kv::get got no answer within 112 ms; its outcome is unknown (a write may still take effect)"})
     );
 }

@@ -81,6 +81,7 @@ impl Harness {
             event: None,
             trigger_depth: 0,
             origin_principal: None,
+            chain_id: None,
         }
     }
 }

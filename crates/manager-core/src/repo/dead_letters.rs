@@ -85,27 +85,68 @@ pub async fn delete(db: impl PgExecutor<'_>, app: AppId, id: Uuid) -> Result<boo
     Ok(done.rows_affected() > 0)
 }
 
+/// What a replay did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// The original is enqueued again as this outbox event.
+    Queued(i64),
+    /// No such dead letter.
+    NotFound,
+    /// The dead letter's trigger was deleted.
+    TriggerGone,
+    /// An earlier replay's event is still in the outbox.
+    Pending(i64),
+}
+
 /// Enqueues a dead letter's original event for its trigger with fresh
-/// attempts; the new outbox id, or `None` when the trigger is gone.
-pub async fn replay(pool: &PgPool, app: AppId, id: Uuid) -> Result<Option<i64>, sqlx::Error> {
-    let queued: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, \
-             backoff, base_ms, trigger_depth, origin_principal) \
-         SELECT dl.app_id, t.id, t.script_id, dl.source_kind, dl.payload, t.max_attempts, \
-             t.backoff, t.base_ms, dl.trigger_depth, dl.origin_principal \
-         FROM dead_letters dl JOIN triggers t ON t.id = dl.trigger_id AND t.app_id = dl.app_id \
-         WHERE dl.id = $1 AND dl.app_id = $2 \
-         RETURNING id",
+/// attempts, unless an earlier replay of it is still pending. The dead
+/// letter's row is locked first, so concurrent replays queue behind each
+/// other and each sees the event of the one before.
+pub async fn replay(pool: &PgPool, app: AppId, id: Uuid) -> Result<Replay, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let Some(previous): Option<Option<i64>> = sqlx::query_scalar(
+        "SELECT replay_outbox_id FROM dead_letters WHERE id = $1 AND app_id = $2 FOR UPDATE",
     )
     .bind(id)
     .bind(app.0)
-    .fetch_optional(pool)
-    .await?;
-    if queued.is_some() {
-        // Committed already: wake the dispatchers now rather than at their next poll.
-        sqlx::query("SELECT pg_notify('picloud_outbox', '')")
-            .execute(pool)
-            .await?;
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(Replay::NotFound);
+    };
+    // A statement of its own: under READ COMMITTED it sees what the replay
+    // that held the lock before us committed.
+    if let Some(outbox_id) = previous {
+        let pending: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox WHERE id = $1)")
+                .bind(outbox_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if pending {
+            return Ok(Replay::Pending(outbox_id));
+        }
     }
-    Ok(queued)
+    let queued: Option<i64> = sqlx::query_scalar(
+        "WITH queued AS ( \
+             INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, \
+                 backoff, base_ms, trigger_depth, origin_principal) \
+             SELECT dl.app_id, t.id, t.script_id, dl.source_kind, dl.payload, t.max_attempts, \
+                 t.backoff, t.base_ms, dl.trigger_depth, dl.origin_principal \
+             FROM dead_letters dl JOIN triggers t ON t.id = dl.trigger_id AND t.app_id = dl.app_id \
+             WHERE dl.id = $1 \
+             RETURNING id \
+         ), marked AS ( \
+             UPDATE dead_letters SET replay_outbox_id = (SELECT id FROM queued) \
+             WHERE id = $1 AND EXISTS (SELECT 1 FROM queued) RETURNING 1 \
+         ) \
+         SELECT q.id FROM queued q CROSS JOIN LATERAL (SELECT pg_notify('picloud_outbox', '')) AS n",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(match queued {
+        Some(outbox_id) => Replay::Queued(outbox_id),
+        None => Replay::TriggerGone,
+    })
 }

@@ -1,10 +1,11 @@
 //! SQL for the `kv_entries` table. A write and the outbox rows of the
 //! triggers it fires are one statement, so they commit together.
 
-use super::outbox::{Enqueued, EventOrigin};
+use super::outbox::{enqueue_ctes, enqueued_columns, Enqueued, EventOrigin};
 use picloud_shared::ids::AppId;
 use serde_json::Value;
 use sqlx::PgExecutor;
+use std::sync::LazyLock;
 
 /// Inserts or replaces a value and, in the same statement, enqueues an event
 /// for every matching `kv` trigger of the app (with the value it replaced).
@@ -18,40 +19,45 @@ pub async fn upsert(
     value: &Value,
     origin: &EventOrigin,
 ) -> Result<Enqueued, sqlx::Error> {
-    sqlx::query_as(
-        "WITH previous AS MATERIALIZED ( \
-             SELECT value FROM kv_entries WHERE app_id = $1 AND collection = $2 AND key = $3 FOR UPDATE \
-         ), written AS ( \
-             INSERT INTO kv_entries (app_id, collection, key, value) \
-             SELECT $1, $2, $3, $4 FROM (SELECT count(*) FROM previous) AS after_the_lock \
-             ON CONFLICT (app_id, collection, key) DO UPDATE SET value = EXCLUDED.value, updated_at = now() \
-             RETURNING 1 \
-         ), matching AS ( \
-             SELECT id, script_id, max_attempts, backoff, base_ms FROM triggers \
-             WHERE app_id = $1 AND kind = 'kv' AND config->>'collection' = $2 \
-               AND starts_with($3, coalesce(config->>'key_prefix', '')) AND config->'ops' ? 'set' \
-         ), queued AS ( \
-             INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, backoff, \
-                                 base_ms, trigger_depth, origin_principal) \
-             SELECT $1, m.id, m.script_id, 'kv', \
-                    jsonb_build_object('kind', 'kv', 'op', 'set', 'collection', $2::text, 'key', $3::text, 'value', $4::jsonb) \
-                      || coalesce((SELECT jsonb_build_object('previous', value) FROM previous), '{}'::jsonb), \
-                    m.max_attempts, m.backoff, m.base_ms, $5, $6 \
-             FROM matching m WHERE $7 \
-             RETURNING 1 \
-         ) \
-         SELECT (SELECT count(*) FROM matching) AS matched, (SELECT count(*) FROM queued) AS queued, \
-                (SELECT count(*) FROM written) + (SELECT count(*) FROM (SELECT pg_notify('picloud_outbox', '') FROM queued LIMIT 1) AS n) AS _done",
-    )
-    .bind(app.0)
-    .bind(collection)
-    .bind(key)
-    .bind(sqlx::types::Json(value))
-    .bind(origin.depth)
-    .bind(origin.principal)
-    .bind(origin.enqueue)
-    .fetch_one(db)
-    .await
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH previous AS MATERIALIZED ( \
+                 SELECT value FROM kv_entries WHERE app_id = $1 AND collection = $2 AND key = $3 FOR UPDATE \
+             ), written AS ( \
+                 INSERT INTO kv_entries (app_id, collection, key, value) \
+                 SELECT $1, $2, $3, $4 FROM (SELECT count(*) FROM previous) AS after_the_lock \
+                 ON CONFLICT (app_id, collection, key) DO UPDATE SET value = EXCLUDED.value, updated_at = now() \
+                 RETURNING 1 \
+             ), matching AS ( \
+                 SELECT id, script_id, max_attempts, backoff, base_ms FROM triggers \
+                 WHERE app_id = $1 AND kind = 'kv' AND config->>'collection' = $2 \
+                   AND starts_with($3, coalesce(config->>'key_prefix', '')) AND config->'ops' ? 'set' \
+             ), {} \
+             SELECT {}, (SELECT count(*) FROM written) AS _written",
+            enqueue_ctes(
+                "SELECT $1, m.id, m.script_id, 'kv', \
+                     jsonb_build_object('kind', 'kv', 'op', 'set', 'collection', $2::text, 'key', $3::text, 'value', $4::jsonb) \
+                       || coalesce((SELECT jsonb_build_object('previous', value) FROM previous), '{}'::jsonb), \
+                     m.max_attempts, m.backoff, m.base_ms, $5, $6, $8 FROM matching m",
+                "$8",
+                "$7",
+                "$9"
+            ),
+            enqueued_columns("$9")
+        )
+    });
+    sqlx::query_as(SQL.as_str())
+        .bind(app.0)
+        .bind(collection)
+        .bind(key)
+        .bind(sqlx::types::Json(value))
+        .bind(origin.depth)
+        .bind(origin.principal)
+        .bind(origin.enqueue)
+        .bind(origin.chain)
+        .bind(origin.max_chain_events)
+        .fetch_one(db)
+        .await
 }
 
 /// The stored value, if any.
@@ -82,35 +88,46 @@ pub async fn delete(
     key: &str,
     origin: &EventOrigin,
 ) -> Result<(bool, Enqueued), sqlx::Error> {
-    let (removed, matched, queued): (i64, i64, i64) = sqlx::query_as(
-        "WITH removed AS ( \
-             DELETE FROM kv_entries WHERE app_id = $1 AND collection = $2 AND key = $3 RETURNING value \
-         ), matching AS ( \
-             SELECT id, script_id, max_attempts, backoff, base_ms FROM triggers \
-             WHERE app_id = $1 AND kind = 'kv' AND config->>'collection' = $2 \
-               AND starts_with($3, coalesce(config->>'key_prefix', '')) AND config->'ops' ? 'delete' \
-               AND EXISTS (SELECT 1 FROM removed) \
-         ), queued AS ( \
-             INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, backoff, \
-                                 base_ms, trigger_depth, origin_principal) \
-             SELECT $1, m.id, m.script_id, 'kv', \
-                    jsonb_build_object('kind', 'kv', 'op', 'delete', 'collection', $2::text, 'key', $3::text, 'previous', r.value), \
-                    m.max_attempts, m.backoff, m.base_ms, $4, $5 \
-             FROM matching m CROSS JOIN removed r WHERE $6 \
-             RETURNING 1 \
-         ) \
-         SELECT (SELECT count(*) FROM removed), (SELECT count(*) FROM matching), \
-                (SELECT count(*) FROM queued) + 0 * (SELECT count(*) FROM (SELECT pg_notify('picloud_outbox', '') FROM queued LIMIT 1) AS n)",
-    )
-    .bind(app.0)
-    .bind(collection)
-    .bind(key)
-    .bind(origin.depth)
-    .bind(origin.principal)
-    .bind(origin.enqueue)
-    .fetch_one(db)
-    .await?;
-    Ok((removed > 0, Enqueued { matched, queued }))
+    #[derive(sqlx::FromRow)]
+    struct Deleted {
+        removed: i64,
+        #[sqlx(flatten)]
+        enqueued: Enqueued,
+    }
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH removed AS ( \
+                 DELETE FROM kv_entries WHERE app_id = $1 AND collection = $2 AND key = $3 RETURNING value \
+             ), matching AS ( \
+                 SELECT id, script_id, max_attempts, backoff, base_ms FROM triggers \
+                 WHERE app_id = $1 AND kind = 'kv' AND config->>'collection' = $2 \
+                   AND starts_with($3, coalesce(config->>'key_prefix', '')) AND config->'ops' ? 'delete' \
+                   AND EXISTS (SELECT 1 FROM removed) \
+             ), {} \
+             SELECT (SELECT count(*) FROM removed) AS removed, {}",
+            enqueue_ctes(
+                "SELECT $1, m.id, m.script_id, 'kv', \
+                     jsonb_build_object('kind', 'kv', 'op', 'delete', 'collection', $2::text, 'key', $3::text, 'previous', r.value), \
+                     m.max_attempts, m.backoff, m.base_ms, $4, $5, $7 FROM matching m CROSS JOIN removed r",
+                "$7",
+                "$6",
+                "$8"
+            ),
+            enqueued_columns("$8")
+        )
+    });
+    let deleted: Deleted = sqlx::query_as(SQL.as_str())
+        .bind(app.0)
+        .bind(collection)
+        .bind(key)
+        .bind(origin.depth)
+        .bind(origin.principal)
+        .bind(origin.enqueue)
+        .bind(origin.chain)
+        .bind(origin.max_chain_events)
+        .fetch_one(db)
+        .await?;
+    Ok((deleted.removed > 0, deleted.enqueued))
 }
 
 /// Up to `limit` keys starting with `prefix` and greater than `after`, ascending by byte.

@@ -1,5 +1,6 @@
 //! SQL for the `outbox` table: what writers enqueue with their change.
 
+use std::sync::LazyLock;
 use uuid::Uuid;
 
 /// Who caused a change, for the events it enqueues.
@@ -11,6 +12,11 @@ pub struct EventOrigin {
     pub principal: Option<Uuid>,
     /// False when the chain is too deep: the change is made, its events are not enqueued.
     pub enqueue: bool,
+    /// The chain a handler's change belongs to (its root event's id); `None`
+    /// for a change with no handler behind it, whose events start chains.
+    pub chain: Option<i64>,
+    /// How many events the handlers of one chain may enqueue in all.
+    pub max_chain_events: i64,
 }
 
 /// What a change did to the outbox.
@@ -18,8 +24,43 @@ pub struct EventOrigin {
 pub struct Enqueued {
     /// Triggers that matched the change.
     pub matched: i64,
-    /// Events enqueued for them (0 when the chain was too deep).
+    /// Events enqueued for them (0 when the chain was too deep or over its budget).
     pub queued: i64,
+    /// True when the events were dropped because their chain spent its budget.
+    pub over_budget: bool,
+}
+
+/// The CTEs every writer of events shares, after its `matching` CTE (the
+/// triggers the change fires): `budget` charges a handler's events to its
+/// chain, and `queued` inserts them unless the chain is too deep (`enqueue`
+/// false) or past its budget. `select` is the `SELECT` list of the outbox
+/// insert (its FROM clause included) and `chain`, `enqueue`, `max_events` the
+/// statement's parameters. The statement ends with [`ENQUEUED_COLUMNS`].
+pub(crate) fn enqueue_ctes(select: &str, chain: &str, enqueue: &str, max_events: &str) -> String {
+    format!(
+        "budget AS ( \
+             INSERT INTO trigger_chains AS c (chain_id, events) \
+             SELECT {chain}::bigint, count(*) FROM matching \
+             HAVING {chain}::bigint IS NOT NULL AND {enqueue} AND count(*) > 0 \
+             ON CONFLICT (chain_id) DO UPDATE SET events = c.events + EXCLUDED.events \
+             RETURNING events \
+         ), queued AS ( \
+             INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, \
+                 backoff, base_ms, trigger_depth, origin_principal, chain_id) \
+             {select} \
+             WHERE {enqueue} AND coalesce((SELECT events FROM budget), 0) <= {max_events} \
+             RETURNING 1 \
+         )"
+    )
+}
+
+/// The result columns of a statement built with [`enqueue_ctes`] (and it wakes the dispatchers).
+pub(crate) fn enqueued_columns(max_events: &str) -> String {
+    format!(
+        "(SELECT count(*) FROM matching) AS matched, (SELECT count(*) FROM queued) AS queued, \
+         EXISTS (SELECT 1 FROM budget WHERE events > {max_events}) AS over_budget, \
+         (SELECT count(*) FROM (SELECT pg_notify('picloud_outbox', '') FROM queued LIMIT 1) AS n) AS _notified"
+    )
 }
 
 /// Enqueues `payload` (a pubsub event) for every `pubsub` trigger of `app`
@@ -31,32 +72,38 @@ pub async fn enqueue_pubsub(
     payload: &serde_json::Value,
     origin: &EventOrigin,
 ) -> Result<Enqueued, sqlx::Error> {
-    sqlx::query_as(
-        "WITH matching AS ( \
-             SELECT id, script_id, max_attempts, backoff, base_ms FROM triggers \
-             WHERE app_id = $1 AND kind = 'pubsub' AND ( \
-                 config->>'topic' = $2 \
-                 OR (right(config->>'topic', 2) = '.*' \
-                     AND starts_with($2, left(config->>'topic', -1)) \
-                     AND length($2) > length(config->>'topic') - 1)) \
-         ), queued AS ( \
-             INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, backoff, \
-                                 base_ms, trigger_depth, origin_principal) \
-             SELECT $1, m.id, m.script_id, 'pubsub', $3, m.max_attempts, m.backoff, m.base_ms, $4, $5 \
-             FROM matching m WHERE $6 \
-             RETURNING 1 \
-         ) \
-         SELECT (SELECT count(*) FROM matching) AS matched, (SELECT count(*) FROM queued) AS queued, \
-                (SELECT count(*) FROM (SELECT pg_notify('picloud_outbox', '') FROM queued LIMIT 1) AS n) AS _notified",
-    )
-    .bind(app.0)
-    .bind(topic)
-    .bind(sqlx::types::Json(payload))
-    .bind(origin.depth)
-    .bind(origin.principal)
-    .bind(origin.enqueue)
-    .fetch_one(db)
-    .await
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH matching AS ( \
+                 SELECT id, script_id, max_attempts, backoff, base_ms FROM triggers \
+                 WHERE app_id = $1 AND kind = 'pubsub' AND ( \
+                     config->>'topic' = $2 \
+                     OR (right(config->>'topic', 2) = '.*' \
+                         AND starts_with($2, left(config->>'topic', -1)) \
+                         AND length($2) > length(config->>'topic') - 1)) \
+             ), {} \
+             SELECT {}",
+            enqueue_ctes(
+                "SELECT $1, m.id, m.script_id, 'pubsub', $3, m.max_attempts, m.backoff, m.base_ms, \
+                     $4, $5, $7 FROM matching m",
+                "$7",
+                "$6",
+                "$8"
+            ),
+            enqueued_columns("$8")
+        )
+    });
+    sqlx::query_as(SQL.as_str())
+        .bind(app.0)
+        .bind(topic)
+        .bind(sqlx::types::Json(payload))
+        .bind(origin.depth)
+        .bind(origin.principal)
+        .bind(origin.enqueue)
+        .bind(origin.chain)
+        .bind(origin.max_chain_events)
+        .fetch_one(db)
+        .await
 }
 
 /// An event a dispatcher claimed, with what it needs to run and to fail it.
@@ -77,6 +124,8 @@ pub struct ClaimedEvent {
     pub base_ms: i64,
     pub trigger_depth: i32,
     pub origin_principal: Option<Uuid>,
+    /// The chain the event belongs to (its root event's id).
+    pub chain_id: i64,
     pub first_attempt_at: chrono::DateTime<chrono::Utc>,
     /// Why the previous run failed, if one did.
     pub last_error: Option<String>,
@@ -121,8 +170,8 @@ pub async fn claim(
          WHERE o.id = due.id AND s.id = o.script_id \
          RETURNING o.id, o.app_id, o.trigger_id, o.script_id, s.name AS script_name, \
              s.version AS script_version, o.source_kind, o.payload, o.attempts, o.max_attempts, \
-             o.backoff, o.base_ms, o.trigger_depth, o.origin_principal, o.first_attempt_at, \
-             o.last_error, extract(epoch FROM now() - due.next_attempt_at)::float8 AS waited_secs",
+             o.backoff, o.base_ms, o.trigger_depth, o.origin_principal, coalesce(o.chain_id, o.id) AS chain_id, \
+             o.first_attempt_at, o.last_error, extract(epoch FROM now() - due.next_attempt_at)::float8 AS waited_secs",
     )
     .bind(owner)
     .bind(lease_ms)
@@ -240,12 +289,14 @@ pub async fn dead_letter(
         "WITH gone AS ( \
              DELETE FROM outbox WHERE id = $1 AND lease_owner = $2 \
              RETURNING app_id, trigger_id, script_id, source_kind, payload, trigger_depth, \
-                 origin_principal, first_attempt_at \
+                 origin_principal, first_attempt_at, coalesce(chain_id, id) AS chain_id \
          ) \
          INSERT INTO dead_letters (id, app_id, trigger_id, script_id, source_kind, payload, attempts, \
-             last_error, trigger_depth, origin_principal, first_attempt_at, last_attempt_at, fanned_out) \
+             last_error, trigger_depth, origin_principal, first_attempt_at, last_attempt_at, fanned_out, \
+             chain_id) \
          SELECT $3, app_id, trigger_id, script_id, source_kind, payload, $4, $5, trigger_depth, \
-             origin_principal, coalesce(first_attempt_at, now()), now(), source_kind = 'dead_letter' \
+             origin_principal, coalesce(first_attempt_at, now()), now(), source_kind = 'dead_letter', \
+             chain_id \
          FROM gone RETURNING id",
     )
     .bind(id)
@@ -318,8 +369,10 @@ pub async fn fan_out_dead_letter(
     enqueue: bool,
 ) -> Result<Enqueued, sqlx::Error> {
     sqlx::query_as(
+        // A dead letter's handlers inherit its chain (bounded by the app's
+        // dead_letter triggers, so not charged to the chain's budget).
         "WITH dl AS ( \
-             SELECT id, app_id, trigger_id, script_id, source_kind FROM dead_letters \
+             SELECT id, app_id, trigger_id, script_id, source_kind, chain_id FROM dead_letters \
              WHERE id = $1 AND NOT fanned_out FOR UPDATE \
          ), matching AS ( \
              SELECT t.id, t.script_id, t.max_attempts, t.backoff, t.base_ms, t.created_by \
@@ -330,15 +383,15 @@ pub async fn fan_out_dead_letter(
                AND (t.config->>'script_id' IS NULL OR t.config->>'script_id' = dl.script_id::text) \
          ), queued AS ( \
              INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, \
-                 backoff, base_ms, trigger_depth, origin_principal) \
+                 backoff, base_ms, trigger_depth, origin_principal, chain_id) \
              SELECT dl.app_id, m.id, m.script_id, 'dead_letter', $2, m.max_attempts, m.backoff, \
-                 m.base_ms, $3, m.created_by \
+                 m.base_ms, $3, m.created_by, dl.chain_id \
              FROM matching m CROSS JOIN dl WHERE $4 \
              RETURNING 1 \
          ), marked AS ( \
              UPDATE dead_letters SET fanned_out = true WHERE id IN (SELECT id FROM dl) RETURNING 1 \
          ) \
-         SELECT (SELECT count(*) FROM matching) AS matched, (SELECT count(*) FROM queued) AS queued, \
+         SELECT (SELECT count(*) FROM matching) AS matched, (SELECT count(*) FROM queued) AS queued, false AS over_budget, \
              (SELECT count(*) FROM marked) \
              + (SELECT count(*) FROM (SELECT pg_notify('picloud_outbox', '') FROM queued LIMIT 1) AS n) AS _done",
     )
@@ -360,6 +413,20 @@ pub async fn skip_fan_out(
         .execute(db)
         .await?;
     Ok(())
+}
+
+/// Forgets the event counts of chains that started more than `max_age` ago.
+pub async fn forget_chains(
+    db: impl sqlx::PgExecutor<'_>,
+    max_age: std::time::Duration,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM trigger_chains WHERE created_at < now() - $1 * interval '1 millisecond'",
+    )
+    .bind(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX))
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// `{depth, in_flight, retrying, oldest_age_secs}` of an app's outbox.

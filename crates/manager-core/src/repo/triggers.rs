@@ -93,6 +93,34 @@ pub async fn insert(
     from_row(&row)
 }
 
+/// Locks the app's row against concurrent trigger registrations (held until
+/// the transaction ends); false when there is no such app.
+pub async fn lock_app(db: impl PgExecutor<'_>, app: AppId) -> Result<bool, sqlx::Error> {
+    let found: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM apps WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(app.0)
+            .fetch_optional(db)
+            .await?;
+    Ok(found.is_some())
+}
+
+/// How many triggers the app has.
+pub async fn count(db: impl PgExecutor<'_>, app: AppId) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM triggers WHERE app_id = $1")
+        .bind(app.0)
+        .fetch_one(db)
+        .await
+}
+
+/// True when `id` is a trigger of the app.
+pub async fn exists(db: impl PgExecutor<'_>, app: AppId, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM triggers WHERE app_id = $1 AND id = $2)")
+        .bind(app.0)
+        .bind(id)
+        .fetch_one(db)
+        .await
+}
+
 /// The app's triggers, newest first.
 pub async fn list(db: impl PgExecutor<'_>, app: AppId) -> Result<Vec<TriggerRow>, sqlx::Error> {
     let sql =

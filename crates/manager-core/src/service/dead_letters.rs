@@ -5,6 +5,7 @@ use crate::{
     error::ManagerError,
     repo::{
         self,
+        dead_letters::Replay,
         outbox::{DeadLetterToFanOut, OutboxStats},
     },
     service::events::EventPolicy,
@@ -75,14 +76,18 @@ impl DeadLettersService {
             app_id: AppId(row.app_id),
             trigger_depth: u32::try_from(row.trigger_depth).unwrap_or(u32::MAX),
             origin_principal: None,
+            chain_id: None,
         };
-        let (depth, enqueue) = self.events.child_depth(&ctx);
-        let enqueued =
-            repo::outbox::fan_out_dead_letter(&self.pool, row.id, &payload, depth, enqueue).await?;
-        if !enqueue {
-            self.events
-                .record_depth_drop(&ctx, "dead_letter", enqueued.matched);
-        }
+        let origin = self.events.origin(&ctx);
+        let enqueued = repo::outbox::fan_out_dead_letter(
+            &self.pool,
+            row.id,
+            &payload,
+            origin.depth,
+            origin.enqueue,
+        )
+        .await?;
+        self.events.record(&ctx, "dead_letter", &origin, &enqueued);
         Ok(())
     }
 
@@ -133,16 +138,18 @@ impl DeadLettersService {
     /// Enqueues the dead letter's original event again for its trigger, with
     /// fresh attempts under the trigger's current retry policy. The dead
     /// letter stays (delete it when done). Returns the new outbox row's id.
+    /// A second replay is refused (409) while the first one's event is pending.
     pub async fn replay(&self, app: AppId, id: Uuid) -> Result<i64, ManagerError> {
-        self.get(app, id).await?;
-        repo::dead_letters::replay(&self.pool, app, id)
-            .await?
-            .ok_or_else(|| {
-                ManagerError::Conflict(
-                    "the trigger of this dead letter no longer exists; nothing to replay it to"
-                        .into(),
-                )
-            })
+        match repo::dead_letters::replay(&self.pool, app, id).await? {
+            Replay::Queued(outbox_id) => Ok(outbox_id),
+            Replay::NotFound => Err(ManagerError::NotFound("dead letter")),
+            Replay::TriggerGone => Err(ManagerError::Conflict(
+                "the trigger of this dead letter no longer exists; nothing to replay it to".into(),
+            )),
+            Replay::Pending(outbox_id) => Err(ManagerError::Conflict(format!(
+                "this dead letter was replayed already and its event (outbox id {outbox_id}) has not been handled yet"
+            ))),
+        }
     }
 
     /// The app's outbox, counted.

@@ -1,8 +1,9 @@
-//! What every writer of trigger events shares: the chain-depth limit and the
-//! counters of events it dropped. Events are enqueued by the repositories in
+//! What every writer of trigger events shares: the chain limits (depth, and
+//! events per chain) and the counters of events they dropped. Events are enqueued by the repositories in
 //! the statement that makes their change, so a change and its events commit
 //! together (the transactional outbox of SPEC §8).
 
+use crate::repo::outbox::{Enqueued, EventOrigin};
 use picloud_shared::triggers::CallContext;
 use std::sync::{
     atomic::{AtomicU64, Ordering},
@@ -12,26 +13,65 @@ use std::sync::{
 /// Default `PICLOUD_MAX_TRIGGER_DEPTH`.
 pub const DEFAULT_MAX_TRIGGER_DEPTH: u32 = 8;
 
+/// Default `PICLOUD_MAX_CHAIN_EVENTS`.
+pub const DEFAULT_MAX_CHAIN_EVENTS: u32 = 1000;
+
 /// Counts of events not enqueued, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct EventCounters {
     /// Events dropped because their chain was deeper than the limit.
     pub depth_drops: AtomicU64,
+    /// Events dropped because their chain had enqueued its budget of events.
+    pub budget_drops: AtomicU64,
 }
 
-/// The depth limit and counters, shared by the kv, pubsub, cron and dead-letter writers.
+/// The chain limits and counters, shared by the kv, pubsub, cron and dead-letter writers.
 #[derive(Debug, Clone)]
 pub struct EventPolicy {
     max_trigger_depth: u32,
+    max_chain_events: u32,
     counters: Arc<EventCounters>,
 }
 
 impl EventPolicy {
-    /// A policy dropping chains deeper than `max_trigger_depth`.
-    pub fn new(max_trigger_depth: u32) -> Self {
+    /// A policy dropping the events of chains deeper than `max_trigger_depth`
+    /// and of chains whose handlers enqueued `max_chain_events` events already.
+    pub fn new(max_trigger_depth: u32, max_chain_events: u32) -> Self {
         Self {
             max_trigger_depth,
+            max_chain_events,
             counters: Arc::default(),
+        }
+    }
+
+    /// Where the events of a change made by a call in `ctx` stand in their chain.
+    pub fn origin(&self, ctx: &CallContext) -> EventOrigin {
+        let (depth, enqueue) = self.child_depth(ctx);
+        EventOrigin {
+            depth,
+            principal: ctx.origin_principal,
+            enqueue,
+            chain: ctx.chain_id,
+            max_chain_events: i64::from(self.max_chain_events),
+        }
+    }
+
+    /// Counts and logs the events of a change that a chain limit dropped.
+    pub fn record(&self, ctx: &CallContext, source: &str, origin: &EventOrigin, done: &Enqueued) {
+        if !origin.enqueue {
+            self.record_depth_drop(ctx, source, done.matched);
+        } else if done.over_budget && done.matched > 0 {
+            self.counters
+                .budget_drops
+                .fetch_add(done.matched as u64, Ordering::Relaxed);
+            tracing::error!(
+                app_id = %ctx.app_id,
+                source,
+                chain_id = ctx.chain_id,
+                limit = self.max_chain_events,
+                dropped = done.matched,
+                "a trigger chain's handlers enqueued more events than PICLOUD_MAX_CHAIN_EVENTS; these were dropped (handlers that fan out to each other?)"
+            );
         }
     }
 
@@ -41,7 +81,7 @@ impl EventPolicy {
     }
 
     /// The depth of the events a call in `ctx` causes, and whether they may be enqueued.
-    pub fn child_depth(&self, ctx: &CallContext) -> (i32, bool) {
+    fn child_depth(&self, ctx: &CallContext) -> (i32, bool) {
         let depth = ctx.trigger_depth.saturating_add(1);
         (
             i32::try_from(depth).unwrap_or(i32::MAX),
@@ -50,7 +90,7 @@ impl EventPolicy {
     }
 
     /// Records that `matched` events of a call in `ctx` were dropped for depth.
-    pub fn record_depth_drop(&self, ctx: &CallContext, source: &str, matched: i64) {
+    fn record_depth_drop(&self, ctx: &CallContext, source: &str, matched: i64) {
         if matched <= 0 {
             return;
         }
@@ -70,6 +110,6 @@ impl EventPolicy {
 
 impl Default for EventPolicy {
     fn default() -> Self {
-        Self::new(DEFAULT_MAX_TRIGGER_DEPTH)
+        Self::new(DEFAULT_MAX_TRIGGER_DEPTH, DEFAULT_MAX_CHAIN_EVENTS)
     }
 }

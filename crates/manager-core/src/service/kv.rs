@@ -1,10 +1,6 @@
 //! `KvService` over PostgreSQL.
 
-use crate::{
-    error::ManagerError,
-    repo::{self, outbox::EventOrigin},
-    service::events::EventPolicy,
-};
+use crate::{error::ManagerError, repo, service::events::EventPolicy};
 use async_trait::async_trait;
 use picloud_shared::{
     ids::AppId,
@@ -42,15 +38,6 @@ impl KvServiceImpl {
             events,
         }
     }
-
-    fn origin(&self, ctx: &CallContext) -> EventOrigin {
-        let (depth, enqueue) = self.events.child_depth(ctx);
-        EventOrigin {
-            depth,
-            principal: ctx.origin_principal,
-            enqueue,
-        }
-    }
 }
 
 fn db_error(e: sqlx::Error) -> ServiceError {
@@ -73,13 +60,11 @@ impl KvService for KvServiceImpl {
         validate_dotted_name("collection", collection)?;
         validate_kv_key(key)?;
         capped_json(&value, self.max_value_bytes)?;
-        let origin = self.origin(ctx);
+        let origin = self.events.origin(ctx);
         let enqueued = repo::kv::upsert(&self.pool, ctx.app_id, collection, key, &value, &origin)
             .await
             .map_err(db_error)?;
-        if !origin.enqueue {
-            self.events.record_depth_drop(ctx, "kv", enqueued.matched);
-        }
+        self.events.record(ctx, "kv", &origin, &enqueued);
         Ok(())
     }
 
@@ -104,14 +89,12 @@ impl KvService for KvServiceImpl {
     ) -> Result<bool, ServiceError> {
         validate_dotted_name("collection", collection)?;
         validate_kv_key(key)?;
-        let origin = self.origin(ctx);
+        let origin = self.events.origin(ctx);
         let (removed, enqueued) =
             repo::kv::delete(&self.pool, ctx.app_id, collection, key, &origin)
                 .await
                 .map_err(db_error)?;
-        if !origin.enqueue {
-            self.events.record_depth_drop(ctx, "kv", enqueued.matched);
-        }
+        self.events.record(ctx, "kv", &origin, &enqueued);
         Ok(removed)
     }
 

@@ -1,11 +1,7 @@
 //! `PubsubService` over PostgreSQL: a publish enqueues the events of the app's
 //! matching `pubsub` triggers in one statement.
 
-use crate::{
-    error::ManagerError,
-    repo::{self, outbox::EventOrigin},
-    service::events::EventPolicy,
-};
+use crate::{error::ManagerError, repo, service::events::EventPolicy};
 use async_trait::async_trait;
 use chrono::{SecondsFormat, Utc};
 use picloud_shared::{
@@ -52,20 +48,12 @@ impl PubsubService for PubsubServiceImpl {
             "message": message,
             "published_at": Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
         });
-        let (depth, enqueue) = self.events.child_depth(ctx);
-        let origin = EventOrigin {
-            depth,
-            principal: ctx.origin_principal,
-            enqueue,
-        };
+        let origin = self.events.origin(ctx);
         let enqueued =
             repo::outbox::enqueue_pubsub(&self.pool, ctx.app_id, topic, &payload, &origin)
                 .await
                 .map_err(|e| ServiceError::from(ManagerError::Database(e)))?;
-        if !enqueue {
-            self.events
-                .record_depth_drop(ctx, "pubsub", enqueued.matched);
-        }
+        self.events.record(ctx, "pubsub", &origin, &enqueued);
         Ok(enqueued.queued as u64)
     }
 }

@@ -14,6 +14,10 @@ use std::sync::Arc;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+/// Default `PICLOUD_MAX_TRIGGERS_PER_APP`: with the kv value cap it bounds
+/// the outbox bytes one write can enqueue (each trigger gets its own copy).
+pub const DEFAULT_MAX_TRIGGERS_PER_APP: u32 = 100;
+
 /// A trigger to create.
 pub struct NewTriggerRequest {
     pub script_id: Uuid,
@@ -28,6 +32,7 @@ pub struct TriggersService {
     keyring: Arc<Keyring>,
     /// The server's public base URL, for `inbound_url`.
     public_url: String,
+    max_per_app: u32,
 }
 
 impl TriggersService {
@@ -37,7 +42,14 @@ impl TriggersService {
             pool,
             keyring,
             public_url: public_url.trim_end_matches('/').to_owned(),
+            max_per_app: DEFAULT_MAX_TRIGGERS_PER_APP,
         }
+    }
+
+    /// The same service allowing `max_per_app` triggers per app.
+    pub fn with_max_per_app(mut self, max_per_app: u32) -> Self {
+        self.max_per_app = max_per_app;
+        self
     }
 
     /// Registers a trigger of `app` for `request.script_id`, on behalf of `created_by`.
@@ -61,15 +73,38 @@ impl TriggersService {
             }
             _ => None,
         };
-        // The app must exist (404) and the script must be one of its own (422).
-        repo::apps::get(&self.pool, app)
-            .await?
-            .ok_or(ManagerError::NotFound("app"))?;
+        // One registration of an app at a time, so the count cannot be raced past.
+        let mut tx = self.pool.begin().await?;
+        if !repo::triggers::lock_app(&mut *tx, app).await? {
+            return Err(ManagerError::NotFound("app"));
+        }
+        let existing = repo::triggers::count(&mut *tx, app).await?;
+        if existing >= i64::from(self.max_per_app) {
+            return Err(ManagerError::Validation(format!(
+                "this app has {existing} triggers, the most one app may have (PICLOUD_MAX_TRIGGERS_PER_APP); delete one first"
+            )));
+        }
         let script_id = ScriptId(request.script_id);
-        if !repo::scripts::exists(&self.pool, app, script_id).await? {
+        if !repo::scripts::exists(&mut *tx, app, script_id).await? {
             return Err(ManagerError::Validation(
                 "script_id names no script of this app".into(),
             ));
+        }
+        if let TriggerConfig::DeadLetter(filter) = &config {
+            if let Some(trigger_id) = filter.trigger_id {
+                if !repo::triggers::exists(&mut *tx, app, trigger_id).await? {
+                    return Err(ManagerError::Validation(
+                        "config.trigger_id names no trigger of this app".into(),
+                    ));
+                }
+            }
+            if let Some(script_id) = filter.script_id {
+                if !repo::scripts::exists(&mut *tx, app, ScriptId(script_id)).await? {
+                    return Err(ManagerError::Validation(
+                        "config.script_id names no script of this app".into(),
+                    ));
+                }
+            }
         }
         let id = Uuid::new_v4();
         let sealed = match &config {
@@ -90,7 +125,7 @@ impl TriggersService {
         };
         let public_config = config.public_json();
         let row = repo::triggers::insert(
-            &self.pool,
+            &mut *tx,
             &repo::triggers::NewTrigger {
                 id,
                 app_id: app,
@@ -112,6 +147,7 @@ impl TriggersService {
                 e.into()
             }
         })?;
+        tx.commit().await?;
         Ok(self.info(row))
     }
 

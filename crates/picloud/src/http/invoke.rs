@@ -149,6 +149,7 @@ async fn invoke(
         event: None,
         trigger_depth: 0,
         origin_principal: caller.map(|key| key.0),
+        chain_id: None,
     };
     let executor = st.executor.clone();
     let started = Instant::now();

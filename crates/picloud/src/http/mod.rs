@@ -134,7 +134,7 @@ pub fn build_state(
     keyring: Arc<Keyring>,
 ) -> std::io::Result<AppState> {
     let script_pool = ScriptPool::start(config.script_pool.clone())?;
-    let events = EventPolicy::new(config.max_trigger_depth);
+    let events = EventPolicy::new(config.max_trigger_depth, config.max_chain_events);
     let kv = Arc::new(KvServiceImpl::with_events(
         pool.clone(),
         config.kv_max_value_bytes,
@@ -151,7 +151,8 @@ pub fn build_state(
         keyring.clone(),
         config.secret_max_value_bytes,
     ));
-    let triggers = TriggersService::new(pool.clone(), keyring, config.public_url.clone());
+    let triggers = TriggersService::new(pool.clone(), keyring, config.public_url.clone())
+        .with_max_per_app(config.max_triggers_per_app);
     let executor = Arc::new(
         Executor::new(
             config.limits.clone(),

@@ -55,12 +55,7 @@ async fn readyz(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics(State(st): State<AppState>) -> Response {
     st.metrics.observe_pool(st.script_pool.stats());
-    st.metrics.observe_depth_drops(
-        st.events
-            .counters()
-            .depth_drops
-            .load(std::sync::atomic::Ordering::Relaxed),
-    );
+    st.metrics.observe_event_drops(&st.events.counters());
     (
         [(
             header::CONTENT_TYPE,

@@ -105,7 +105,7 @@ async fn get_dead_letter(
 #[utoipa::path(post, path = "/api/v1/admin/apps/{app_id}/dead-letters/{id}/replay", tag = "dead-letters",
     security(("bearer" = [])), params(("app_id" = Uuid, Path), ("id" = Uuid, Path)),
     responses((status = 202, description = "the original event is enqueued again, with fresh attempts; the dead letter stays", body = Replayed),
-        (status = 409, description = "`conflict`: the dead letter's trigger was deleted", body = crate::http::error::ErrorBody)))]
+        (status = 409, description = "`conflict`: the dead letter's trigger was deleted, or an earlier replay of it is still pending", body = crate::http::error::ErrorBody)))]
 async fn replay_dead_letter(
     State(st): State<AppState>,
     principal: Principal,

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 /// Body of `POST .../triggers`: the kind picks the config's shape (SPEC §8).
 #[derive(Deserialize, ToSchema)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CreateTrigger {
     /// Fires on `kv::set`/`kv::delete` in one collection.
     Kv {
@@ -107,7 +107,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[utoipa::path(post, path = "/api/v1/admin/apps/{app_id}/triggers", tag = "triggers",
     security(("bearer" = [])), params(("app_id" = Uuid, Path)), request_body = CreateTrigger,
     responses((status = 201, body = TriggerInfo),
-        (status = 422, description = "`validation_error`: an unknown kind, a config that breaks its kind's rules, a cron schedule that does not parse or never fires, or a `script_id` that names no script of this app", body = crate::http::error::ErrorBody)))]
+        (status = 422, description = "`validation_error`: an unknown kind, a config that breaks its kind's rules, a cron schedule that does not parse or never fires, a `script_id` (or a dead_letter filter's `trigger_id`/`script_id`) that names nothing of this app, an unknown field, or an app at its trigger limit (`PICLOUD_MAX_TRIGGERS_PER_APP`)", body = crate::http::error::ErrorBody)))]
 async fn create_trigger(
     State(st): State<AppState>,
     principal: Principal,
