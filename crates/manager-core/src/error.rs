@@ -1,6 +1,6 @@
 //! The manager-core error enum, mapped to HTTP statuses by the server in one place.
 
-use picloud_shared::{script::CompileError, ServiceError};
+use picloud_shared::{email::EmailFailure, script::CompileError, ServiceError};
 
 /// What a manager service can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,15 @@ impl From<ServiceError> for ManagerError {
             ServiceError::NotFound(what) => ManagerError::NotFound(what),
             ServiceError::Conflict(m) => ManagerError::Conflict(m),
             ServiceError::Unavailable(m) => ManagerError::Unavailable(m),
+            // Only script sends fail this way; should an admin path ever see
+            // one, the caller's mistakes are 422 and the relay's 503.
+            ServiceError::Email { failure, message } => match failure {
+                EmailFailure::InvalidArgument
+                | EmailFailure::InvalidAddress
+                | EmailFailure::RecipientDenied
+                | EmailFailure::TooLarge => ManagerError::Validation(message),
+                _ => ManagerError::Unavailable(message),
+            },
         }
     }
 }

@@ -4,6 +4,7 @@
 //! or transaction), so a service can put several writes in one transaction.
 //! Services (`service`) hold the rules: validation, limits, error mapping.
 
+pub mod email;
 pub mod error;
 pub mod repo;
 pub mod sealed;

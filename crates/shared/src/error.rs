@@ -21,6 +21,13 @@ pub enum ServiceError {
     /// The backing store or network is down, or the call timed out.
     #[error("{0}")]
     Unavailable(String),
+    /// A send the email service refused or could not complete; `failure`
+    /// is the kind a script sees.
+    #[error("{message}")]
+    Email {
+        failure: crate::email::EmailFailure,
+        message: String,
+    },
 }
 
 impl ServiceError {
@@ -32,6 +39,7 @@ impl ServiceError {
             ServiceError::NotFound(_) => "not_found",
             ServiceError::Conflict(_) => "conflict",
             ServiceError::Unavailable(_) => "unavailable",
+            ServiceError::Email { failure, .. } => failure.as_str(),
         }
     }
 }

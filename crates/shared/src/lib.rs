@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod crypto;
 pub mod domain;
+pub mod email;
 pub mod error;
 pub mod ids;
 pub mod kv;

@@ -194,6 +194,15 @@ impl From<ManagerError> for ApiError {
             ManagerError::Unavailable(m) => ApiError::Unavailable(m),
             ManagerError::Database(e) => {
                 tracing::error!(error = %e, "database error");
+                if e
+                    .as_database_error()
+                    .and_then(|db| db.code())
+                    .is_some_and(|code| code == "57014")
+                {
+                    return ApiError::Unavailable(
+                        "the database did not finish in time (PICLOUD_SDK_TIMEOUT_MS); nothing was changed".into(),
+                    );
+                }
                 match e {
                     sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                         ApiError::Unavailable("the database is unavailable".into())
