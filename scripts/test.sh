@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every picloud test against real services this script starts itself:
 # a private PostgreSQL cluster on a Unix socket (each #[sqlx::test] gets its own
-# fresh database in it). If PostgreSQL cannot start, the run fails loudly.
+# fresh database in it) and an SMTP server over TCP (aiosmtpd, tests/smtp/).
+# If either cannot start, the run fails loudly.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -13,11 +14,12 @@ chmod 0711 "$WORK"
 as_pg() {
   if [ "$(id -u)" -eq 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
-stop_pg() {
+stop_services() {
+  if [ -s "$WORK/smtp.pid" ]; then kill "$(cat "$WORK/smtp.pid")" 2>/dev/null || true; fi
   as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate -w stop >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
-trap stop_pg EXIT
+trap stop_services EXIT
 mkdir -p "$WORK/sock"
 [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$WORK/sock"
 [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$WORK"
@@ -41,6 +43,8 @@ export DATABASE_URL="postgres://postgres@localhost/postgres?host=$WORK/sock"
 "$PGBIN/psql" "$DATABASE_URL" -qAtc 'select 1' >/dev/null \
   || { echo "FATAL: cannot connect to the test PostgreSQL cluster at $WORK/sock" >&2; exit 1; }
 echo "test PostgreSQL ready at $WORK/sock" >&2
+SMTP_ENV=$("$ROOT/tests/smtp/start.sh" "$WORK")
+eval "$SMTP_ENV"
 
 if [ $# -gt 0 ]; then cargo test "$@"; exit; fi
 cargo test --workspace --no-fail-fast

@@ -45,6 +45,7 @@ fn main() {
             kv,
             secrets: Arc::new(picloud_executor_core::testing::MemorySecrets::new()),
             pubsub: Arc::new(picloud_executor_core::testing::MemoryPubsub::default()),
+            email: Arc::new(picloud_executor_core::testing::RecordingEmail::default()),
         },
         runtime.handle().clone(),
     );

@@ -17,6 +17,7 @@ use crate::sandbox;
 use crate::sdk::SdkEnv;
 use crate::watchdog;
 use crate::SandboxLimits;
+use picloud_shared::email::EmailService;
 use picloud_shared::ids::{AppId, ScriptId};
 use picloud_shared::pubsub::PubsubService;
 use picloud_shared::script::CheckError;
@@ -43,6 +44,8 @@ pub struct Services {
     pub secrets: Arc<dyn SecretsService>,
     /// Backs `pubsub::`.
     pub pubsub: Arc<dyn PubsubService>,
+    /// Backs `email::`.
+    pub email: Arc<dyn EmailService>,
 }
 
 /// The script to run: its identity, version (the cache key) and source.

@@ -345,6 +345,54 @@ impl picloud_shared::pubsub::PubsubService for MemoryPubsub {
     }
 }
 
+/// An [`EmailService`](picloud_shared::email::EmailService) that records
+/// what scripts ask to send, and answers with scripted failures when told to.
+#[derive(Debug, Default)]
+pub struct RecordingEmail {
+    sent: Mutex<Vec<(CallContext, picloud_shared::email::OutboundEmail)>>,
+    failures: Mutex<Vec<ServiceError>>,
+}
+
+impl RecordingEmail {
+    /// Everything asked for so far, in order.
+    pub fn sent(&self) -> Vec<(CallContext, picloud_shared::email::OutboundEmail)> {
+        self.sent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Makes the next send fail with `error`.
+    pub fn fail_next(&self, error: ServiceError) {
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(error);
+    }
+}
+
+#[async_trait]
+impl picloud_shared::email::EmailService for RecordingEmail {
+    async fn send(
+        &self,
+        ctx: &CallContext,
+        email: picloud_shared::email::OutboundEmail,
+    ) -> Result<picloud_shared::email::SentEmail, ServiceError> {
+        let failure = {
+            let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+            (!failures.is_empty()).then(|| failures.remove(0))
+        };
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        let mut sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
+        sent.push((*ctx, email));
+        Ok(picloud_shared::email::SentEmail {
+            id: format!("<{}@recorded.test>", sent.len()),
+        })
+    }
+}
+
 /// A source Rhai takes long to compile for its size: `lines` shadowing `let`s,
 /// each reading the first variable (about 250 ms of parsing for 40,000 lines in
 /// a debug build; Rhai's optimiser, which we turn off, took 40 s on it).

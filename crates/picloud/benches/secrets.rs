@@ -93,6 +93,7 @@ fn main() {
                     64 * 1024,
                     EventPolicy::default(),
                 )),
+                email: Arc::new(picloud_executor_core::testing::RecordingEmail::default()),
             },
             tokio::runtime::Handle::current(),
         );

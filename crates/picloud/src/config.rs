@@ -52,6 +52,8 @@ pub struct AppConfig {
     pub body_timeout: Duration,
     /// Bytes all request bodies being read may hold at once (`PICLOUD_MAX_BODY_BUFFER_BYTES`).
     pub max_body_buffer_bytes: usize,
+    /// Outbound email (disabled unless `PICLOUD_SMTP_*` are set).
+    pub email: crate::email_config::EmailConfig,
 }
 
 impl Default for AppConfig {
@@ -70,6 +72,7 @@ impl Default for AppConfig {
                 picloud_manager_core::service::triggers::DEFAULT_MAX_TRIGGERS_PER_APP,
             body_timeout: Duration::from_secs(30),
             max_body_buffer_bytes: 256 * 1024 * 1024,
+            email: crate::email_config::EmailConfig::default(),
         }
     }
 }
@@ -242,6 +245,7 @@ impl Config {
             )?),
             ..defaults
         };
+        let email = crate::email_config::EmailConfig::read(var, limits.sdk_timeout);
         let app_defaults = AppConfig::default();
         let workers = parse_num(
             "PICLOUD_SCRIPT_WORKERS",
@@ -338,6 +342,7 @@ impl Config {
                     app_defaults.max_body_buffer_bytes,
                     1024,
                 )?,
+                email,
             },
         })
     }

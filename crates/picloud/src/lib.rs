@@ -9,6 +9,7 @@ pub mod config;
 pub mod connections;
 pub mod database;
 pub mod dispatcher;
+pub mod email_config;
 pub mod embedded_pg;
 pub mod http;
 pub mod keys;

@@ -4,7 +4,8 @@
 //! to see everything picloud counts.
 
 use picloud_executor_core::PoolStats;
-use picloud_manager_core::service::events::EventCounters;
+use picloud_manager_core::service::{email::EmailCounters, events::EventCounters};
+use picloud_shared::email::EmailFailure;
 use picloud_shared::triggers::TriggerKind;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
@@ -51,6 +52,9 @@ pub struct Metrics {
     /// `picloud_trigger_budget_drops_total`: events dropped because their
     /// chain's handlers had enqueued `PICLOUD_MAX_CHAIN_EVENTS` (caught up at scrape time).
     budget_drops: IntCounter,
+    /// `picloud_email_send_total{outcome}`: sends by outcome, `ok` or a failure
+    /// kind (caught up with the email service's counters at scrape time).
+    email_sends: IntCounterVec,
 }
 
 /// The `outcome` label values of handler runs.
@@ -147,7 +151,12 @@ impl Metrics {
             "Events dropped because their trigger chain's handlers had enqueued PICLOUD_MAX_CHAIN_EVENTS events",
         )
         .expect("static metric definition is valid");
-        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
+        let email_sends = counter_vec(
+            "picloud_email_send_total",
+            "Outbound email sends by outcome (ok or the failure kind)",
+            &["outcome"],
+        );
+        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
             Box::new(script_runs.clone()),
             Box::new(script_run_duration.clone()),
             Box::new(pool_workers.clone()),
@@ -162,6 +171,7 @@ impl Metrics {
             Box::new(dead_letter_handlers_exhausted.clone()),
             Box::new(depth_drops.clone()),
             Box::new(budget_drops.clone()),
+            Box::new(email_sends.clone()),
         ];
         for collector in collectors {
             registry
@@ -173,6 +183,10 @@ impl Metrics {
         for outcome in RUN_OUTCOMES {
             script_runs.with_label_values(&["http", outcome]);
             script_run_duration.with_label_values(&[outcome]);
+        }
+        email_sends.with_label_values(&["ok"]);
+        for failure in EmailFailure::ALL {
+            email_sends.with_label_values(&[failure.as_str()]);
         }
         for kind in TriggerKind::ALL {
             for outcome in HANDLER_OUTCOMES {
@@ -200,6 +214,15 @@ impl Metrics {
             dead_letter_handlers_exhausted,
             depth_drops,
             budget_drops,
+            email_sends,
+        }
+    }
+
+    /// Catches the email send counters up with the email service's counts (at scrape time).
+    pub fn observe_email_sends(&self, counters: &EmailCounters) {
+        for (outcome, total) in counters.snapshot() {
+            let metric = self.email_sends.with_label_values(&[outcome]);
+            metric.inc_by(total.saturating_sub(metric.get()));
         }
     }
 

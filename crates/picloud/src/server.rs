@@ -27,6 +27,12 @@ pub async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     if config.dev_mode {
         tracing::warn!("dev mode is on: meant for local development only");
     }
+    if let Some(reason) = &config.app.email.disabled_because {
+        tracing::warn!(
+            reason = reason.as_str(),
+            "outbound email is disabled: every email::send fails with not_configured"
+        );
+    }
     let database = Database::open(
         &config,
         Ownership::Exclusive,

@@ -108,11 +108,17 @@ pub enum Capability {
     DeadLettersWrite,
     /// Read an app's outbox counts.
     OutboxRead,
+    /// Read an app's email policy.
+    EmailPolicyRead,
+    /// Change an app's email policy.
+    EmailPolicyWrite,
+    /// See which relay outbound email goes through (never its password).
+    EmailStatusRead,
 }
 
 impl Capability {
     /// Every capability, for tests and tables that must cover them all.
-    pub const ALL: [Capability; 13] = [
+    pub const ALL: [Capability; 16] = [
         Capability::AppsRead,
         Capability::AppsWrite,
         Capability::ScriptsRead,
@@ -126,6 +132,9 @@ impl Capability {
         Capability::DeadLettersRead,
         Capability::DeadLettersWrite,
         Capability::OutboxRead,
+        Capability::EmailPolicyRead,
+        Capability::EmailPolicyWrite,
+        Capability::EmailStatusRead,
     ];
 
     /// The one capability → scope table.
@@ -144,6 +153,9 @@ impl Capability {
             Capability::DeadLettersRead => Scope::AppRead,
             Capability::DeadLettersWrite => Scope::AppWrite,
             Capability::OutboxRead => Scope::AppRead,
+            Capability::EmailPolicyRead => Scope::AppRead,
+            Capability::EmailPolicyWrite => Scope::AppWrite,
+            Capability::EmailStatusRead => Scope::AppRead,
         }
     }
 }

@@ -127,8 +127,11 @@ pub fn email_error(failure: EmailFailure, message: impl Into<String>) -> Service
 #[async_trait]
 pub trait EmailService: Send + Sync {
     /// Sends `email` for the app of `ctx`.
-    async fn send(&self, ctx: &CallContext, email: OutboundEmail)
-        -> Result<SentEmail, ServiceError>;
+    async fn send(
+        &self,
+        ctx: &CallContext,
+        email: OutboundEmail,
+    ) -> Result<SentEmail, ServiceError>;
 }
 
 /// A formatted message with its SMTP envelope, ready for a transport.
@@ -183,10 +186,7 @@ pub fn precheck_address(field: &str, address: &str) -> Result<(), ServiceError> 
     if address.len() > MAX_ADDRESS_BYTES {
         return bad("longer than 320 bytes");
     }
-    if address
-        .chars()
-        .any(|c| c.is_control() || c.is_whitespace())
-    {
+    if address.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return bad("contains whitespace or a control character");
     }
     let mut parts = address.split('@');
@@ -394,7 +394,10 @@ mod tests {
             json!({"recipients": "unrestricted", "daily_cap": -1}),
             json!({"recipients": "unrestricted", "extra": 1}),
         ] {
-            assert!(serde_json::from_value::<EmailPolicy>(bad.clone()).is_err(), "{bad}");
+            assert!(
+                serde_json::from_value::<EmailPolicy>(bad.clone()).is_err(),
+                "{bad}"
+            );
         }
         let not_an_address: EmailPolicy =
             serde_json::from_value(json!({"recipients": ["nobody"]})).unwrap();
@@ -406,7 +409,8 @@ mod tests {
 
     #[test]
     fn an_allow_list_matches_addresses_and_domains_without_case() {
-        let policy = RecipientPolicy::AllowList(vec!["ops@example.com".into(), "@example.org".into()]);
+        let policy =
+            RecipientPolicy::AllowList(vec!["ops@example.com".into(), "@example.org".into()]);
         assert!(policy.allows("OPS@example.com"));
         assert!(policy.allows("anyone@EXAMPLE.org"));
         assert!(!policy.allows("dev@example.com"));
@@ -423,6 +427,9 @@ mod tests {
             message: b"Subject: secret plans\r\n\r\nthe body".to_vec(),
         };
         let shown = format!("{raw:?}");
-        assert!(!shown.contains("secret plans") && !shown.contains("the body"), "{shown}");
+        assert!(
+            !shown.contains("secret plans") && !shown.contains("the body"),
+            "{shown}"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! The SDK modules scripts call (`kv::`, `secrets::`, `log::`): thin bridges that convert
+//! The SDK modules scripts call (`kv::`, `secrets::`, `pubsub::`, `email::`, `log::`): thin bridges that convert
 //! Rhai values to domain arguments, call a service trait and convert back.
 //!
 //! Rules every bridge keeps:
@@ -16,6 +16,7 @@
 //! - failures are catchable Rhai exceptions whose value is `#{kind, message}`,
 //!   built in exactly one place: [`service_error_to_exception`].
 
+pub(crate) mod email;
 pub(crate) mod kv;
 pub(crate) mod log;
 pub(crate) mod pubsub;

@@ -1,5 +1,6 @@
 //! Behaviour tests of whole runs: a real executor over the in-memory fakes.
 
+mod email;
 mod executor;
 mod kv;
 mod sandbox;
@@ -16,6 +17,7 @@ struct Harness {
     executor: Arc<Executor>,
     kv: Arc<MemoryKv>,
     pubsub: Arc<crate::testing::MemoryPubsub>,
+    email: Arc<crate::testing::RecordingEmail>,
     app: AppId,
 }
 
@@ -44,10 +46,12 @@ impl Harness {
             .expect("test runtime");
         let kv = Arc::new(kv);
         let pubsub = Arc::new(crate::testing::MemoryPubsub::default());
+        let email = Arc::new(crate::testing::RecordingEmail::default());
         let services = Services {
             kv: kv.clone(),
             secrets: Arc::new(crate::testing::MemorySecrets::new()),
             pubsub: pubsub.clone(),
+            email: email.clone(),
         };
         let executor = Arc::new(
             Executor::new(limits, services, runtime.handle().clone())
@@ -58,6 +62,7 @@ impl Harness {
             executor,
             kv,
             pubsub,
+            email,
             app: AppId::new(),
         }
     }

@@ -569,6 +569,7 @@ fn the_ast_cache_stays_within_its_capacity() {
             kv: h.kv.clone(),
             secrets: std::sync::Arc::new(crate::testing::MemorySecrets::new()),
             pubsub: h.pubsub.clone(),
+            email: h.email.clone(),
         },
         h.runtime.handle().clone(),
     )

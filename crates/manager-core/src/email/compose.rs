@@ -107,10 +107,7 @@ pub fn compose(
     Ok(Composed {
         message_id,
         raw: RawEmail {
-            sender: envelope
-                .from()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
+            sender: envelope.from().map(ToString::to_string).unwrap_or_default(),
             recipients: envelope.to().iter().map(ToString::to_string).collect(),
             message,
         },
@@ -118,7 +115,7 @@ pub fn compose(
 }
 
 /// `address` or `Name <address>`: the address pre-checked, then parsed by lettre.
-fn mailbox(field: &str, text: &str) -> Result<Mailbox, ServiceError> {
+pub fn mailbox(field: &str, text: &str) -> Result<Mailbox, ServiceError> {
     check_header_value(field, text)?;
     let address = match (text.rfind('<'), text.strip_suffix('>')) {
         (Some(open), Some(inner)) => &inner[open + 1..],
@@ -140,7 +137,9 @@ fn invalid_argument(message: &str) -> ServiceError {
 fn too_large(limit: usize) -> ServiceError {
     email_error(
         EmailFailure::TooLarge,
-        format!("the message is above the limit of {limit} bytes (PICLOUD_EMAIL_MAX_MESSAGE_BYTES)"),
+        format!(
+            "the message is above the limit of {limit} bytes (PICLOUD_EMAIL_MAX_MESSAGE_BYTES)"
+        ),
     )
 }
 
@@ -258,30 +257,81 @@ mod tests {
     #[test]
     fn each_bad_input_fails_with_its_kind_and_never_quotes_it() {
         let cases: Vec<(OutboundEmail, &str)> = vec![
-            (OutboundEmail { to: vec![], ..email() }, "invalid_argument"),
-            (OutboundEmail { to: vec!["nobody".into()], ..email() }, "invalid_address"),
-            (OutboundEmail { cc: vec!["a@b".into()], ..email() }, "invalid_address"),
-            (OutboundEmail { bcc: vec!["a@@b.co".into()], ..email() }, "invalid_address"),
-            (OutboundEmail { from: Some("x@y".into()), ..email() }, "invalid_address"),
-            (OutboundEmail { reply_to: Some("@y.co".into()), ..email() }, "invalid_address"),
             (
-                OutboundEmail { subject: "hi\r\nBcc: victim@example.com".into(), ..email() },
+                OutboundEmail {
+                    to: vec![],
+                    ..email()
+                },
                 "invalid_argument",
             ),
             (
-                OutboundEmail { to: vec!["a@b.co\r\nBcc: victim@example.com".into()], ..email() },
+                OutboundEmail {
+                    to: vec!["nobody".into()],
+                    ..email()
+                },
+                "invalid_address",
+            ),
+            (
+                OutboundEmail {
+                    cc: vec!["a@b".into()],
+                    ..email()
+                },
+                "invalid_address",
+            ),
+            (
+                OutboundEmail {
+                    bcc: vec!["a@@b.co".into()],
+                    ..email()
+                },
+                "invalid_address",
+            ),
+            (
+                OutboundEmail {
+                    from: Some("x@y".into()),
+                    ..email()
+                },
+                "invalid_address",
+            ),
+            (
+                OutboundEmail {
+                    reply_to: Some("@y.co".into()),
+                    ..email()
+                },
+                "invalid_address",
+            ),
+            (
+                OutboundEmail {
+                    subject: "hi\r\nBcc: victim@example.com".into(),
+                    ..email()
+                },
                 "invalid_argument",
             ),
             (
-                OutboundEmail { from: Some("Evil\n <a@b.co>".into()), ..email() },
+                OutboundEmail {
+                    to: vec!["a@b.co\r\nBcc: victim@example.com".into()],
+                    ..email()
+                },
                 "invalid_argument",
             ),
             (
-                OutboundEmail { to: vec!["a@b.co".into(); MAX_RECIPIENTS + 1], ..email() },
+                OutboundEmail {
+                    from: Some("Evil\n <a@b.co>".into()),
+                    ..email()
+                },
                 "invalid_argument",
             ),
             (
-                OutboundEmail { idempotency_key: Some(String::new()), ..email() },
+                OutboundEmail {
+                    to: vec!["a@b.co".into(); MAX_RECIPIENTS + 1],
+                    ..email()
+                },
+                "invalid_argument",
+            ),
+            (
+                OutboundEmail {
+                    idempotency_key: Some(String::new()),
+                    ..email()
+                },
                 "invalid_argument",
             ),
         ];
@@ -299,12 +349,18 @@ mod tests {
     #[test]
     fn the_size_limit_holds_before_and_after_formatting() {
         // Parts alone above the limit: refused before anything is built.
-        let big = OutboundEmail { text: Some("x".repeat(2000)), ..email() };
+        let big = OutboundEmail {
+            text: Some("x".repeat(2000)),
+            ..email()
+        };
         let (kind, message) = failure(compose(&big, Some("s@example.org"), 1000));
         assert_eq!(kind, "too_large");
         assert!(message.contains("1000"), "{message}");
         // Parts within it, but headers and encoding push the message past it.
-        let close = OutboundEmail { text: Some("é".repeat(400)), ..email() };
+        let close = OutboundEmail {
+            text: Some("é".repeat(400)),
+            ..email()
+        };
         let (kind, _) = failure(compose(&close, Some("s@example.org"), 1000));
         assert_eq!(kind, "too_large");
         assert!(compose(&email(), Some("s@example.org"), 1000).is_ok());

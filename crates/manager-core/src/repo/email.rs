@@ -8,21 +8,28 @@ use picloud_shared::{
 use sqlx::PgExecutor;
 use std::time::Duration;
 
+/// A stored policy row.
+#[derive(sqlx::FromRow)]
+struct PolicyRow {
+    recipients: Option<sqlx::types::Json<Vec<String>>>,
+    daily_cap: Option<i32>,
+}
+
 /// The app's policy; the default (anyone, no cap) when it has none stored.
 pub async fn policy(db: impl PgExecutor<'_>, app: AppId) -> Result<EmailPolicy, sqlx::Error> {
-    let row: Option<(Option<sqlx::types::Json<Vec<String>>>, Option<i32>)> =
+    let row: Option<PolicyRow> =
         sqlx::query_as("SELECT recipients, daily_cap FROM email_policies WHERE app_id = $1")
             .bind(app.0)
             .fetch_optional(db)
             .await?;
     Ok(match row {
         None => EmailPolicy::default(),
-        Some((recipients, daily_cap)) => EmailPolicy {
-            recipients: match recipients {
+        Some(row) => EmailPolicy {
+            recipients: match row.recipients {
                 None => RecipientPolicy::Unrestricted,
                 Some(list) => RecipientPolicy::AllowList(list.0),
             },
-            daily_cap: daily_cap.and_then(|cap| u32::try_from(cap).ok()),
+            daily_cap: row.daily_cap.and_then(|cap| u32::try_from(cap).ok()),
         },
     })
 }
@@ -44,7 +51,11 @@ pub async fn put_policy(
     )
     .bind(app.0)
     .bind(recipients)
-    .bind(policy.daily_cap.map(|cap| i32::try_from(cap).unwrap_or(i32::MAX)))
+    .bind(
+        policy
+            .daily_cap
+            .map(|cap| i32::try_from(cap).unwrap_or(i32::MAX)),
+    )
     .execute(db)
     .await?;
     Ok(())

@@ -163,16 +163,13 @@ impl EmailServiceImpl {
                 return Ok(sent);
             }
         }
-        let result = self.send_within_cap(app, &policy, &composed, &*transport).await;
+        let result = self
+            .send_within_cap(app, &policy, &composed, &*transport)
+            .await;
         if let Some(key) = &key {
-            if let Err(e) = repo::email::settle_key(
-                &self.pool,
-                app,
-                key,
-                &composed.message_id,
-                result.is_ok(),
-            )
-            .await
+            if let Err(e) =
+                repo::email::settle_key(&self.pool, app, key, &composed.message_id, result.is_ok())
+                    .await
             {
                 tracing::error!(error = %e, app_id = %app, "settling an idempotency key failed");
             }

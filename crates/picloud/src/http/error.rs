@@ -194,8 +194,7 @@ impl From<ManagerError> for ApiError {
             ManagerError::Unavailable(m) => ApiError::Unavailable(m),
             ManagerError::Database(e) => {
                 tracing::error!(error = %e, "database error");
-                if e
-                    .as_database_error()
+                if e.as_database_error()
                     .and_then(|db| db.code())
                     .is_some_and(|code| code == "57014")
                 {

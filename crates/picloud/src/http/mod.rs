@@ -12,18 +12,31 @@ pub mod extract;
 pub mod invoke;
 pub mod system;
 
-use crate::{cache_sync::Caches, config::AppConfig, metrics::Metrics, script_cache::ScriptCache};
+use crate::{
+    cache_sync::Caches, config::AppConfig, email_config::EmailConfig, metrics::Metrics,
+    script_cache::ScriptCache,
+};
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request},
     Router,
 };
 use picloud_executor_core::{Executor, PooledCompiler, ScriptPool, Services};
-use picloud_manager_core::service::{
-    api_keys::ApiKeysService, apps::AppsService, dead_letters::DeadLettersService,
-    events::EventPolicy, kv::KvServiceImpl, pubsub::PubsubServiceImpl, scripts::ScriptsService,
-    secrets::SecretsServiceImpl, triggers::TriggersService,
+use picloud_manager_core::{
+    email::smtp::SmtpTransport,
+    service::{
+        api_keys::ApiKeysService,
+        apps::AppsService,
+        dead_letters::DeadLettersService,
+        email::{EmailServiceImpl, EmailSettings},
+        events::EventPolicy,
+        kv::KvServiceImpl,
+        pubsub::PubsubServiceImpl,
+        scripts::ScriptsService,
+        secrets::SecretsServiceImpl,
+        triggers::TriggersService,
+    },
 };
-use picloud_shared::{crypto::Keyring, secrets::SecretsService};
+use picloud_shared::{crypto::Keyring, email::EmailTransport, secrets::SecretsService};
 use sqlx::PgPool;
 use std::sync::{Arc, OnceLock};
 use tower_http::trace::TraceLayer;
@@ -43,6 +56,8 @@ pub struct AppState {
     pub secrets: Arc<dyn SecretsService>,
     pub triggers: TriggersService,
     pub dead_letters: DeadLettersService,
+    /// Outbound email: policy, caps, idempotency, the relay.
+    pub email: EmailServiceImpl,
     /// The trigger-chain depth limit and its drop counter, shared by every event writer.
     pub events: EventPolicy,
     pub executor: Arc<Executor>,
@@ -153,6 +168,15 @@ pub fn build_state(
     ));
     let triggers = TriggersService::new(pool.clone(), keyring, config.public_url.clone())
         .with_max_per_app(config.max_triggers_per_app);
+    let email = EmailServiceImpl::new(
+        pool.clone(),
+        email_transport(&config.email),
+        EmailSettings {
+            default_from: config.email.from.clone(),
+            max_message_bytes: config.email.max_message_bytes,
+            send_timeout: config.limits.sdk_timeout,
+        },
+    );
     let executor = Arc::new(
         Executor::new(
             config.limits.clone(),
@@ -160,6 +184,7 @@ pub fn build_state(
                 kv,
                 secrets: secrets.clone(),
                 pubsub,
+                email: Arc::new(email.clone()),
             },
             tokio::runtime::Handle::current(),
         )
@@ -182,6 +207,7 @@ pub fn build_state(
         secrets,
         triggers,
         dead_letters: DeadLettersService::new(pool.clone(), events.clone()),
+        email,
         events,
         executor,
         script_pool,
@@ -193,6 +219,21 @@ pub fn build_state(
         pool,
     };
     Ok(state)
+}
+
+/// The SMTP transport of `config`, or `None` when email is disabled.
+fn email_transport(config: &EmailConfig) -> Option<Arc<dyn EmailTransport>> {
+    let settings = config.smtp.as_ref()?;
+    match SmtpTransport::new(settings) {
+        Ok(transport) => Some(Arc::new(transport)),
+        Err(problem) => {
+            tracing::warn!(
+                problem,
+                "outbound email is disabled: the SMTP transport cannot be built"
+            );
+            None
+        }
+    }
 }
 
 /// The HTTP application over `state`.

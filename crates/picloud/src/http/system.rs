@@ -56,6 +56,7 @@ async fn readyz(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
 async fn metrics(State(st): State<AppState>) -> Response {
     st.metrics.observe_pool(st.script_pool.stats());
     st.metrics.observe_event_drops(&st.events.counters());
+    st.metrics.observe_email_sends(&st.email.counters());
     (
         [(
             header::CONTENT_TYPE,

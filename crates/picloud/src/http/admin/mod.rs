@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod apps;
 pub mod dead_letters;
+pub mod email;
 pub mod scripts;
 pub mod secrets;
 pub mod triggers;
@@ -18,5 +19,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(secrets::routes())
         .merge(triggers::routes())
         .merge(dead_letters::routes())
+        .merge(email::routes())
         .merge(api_keys::routes())
 }
