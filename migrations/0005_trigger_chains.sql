@@ -7,14 +7,14 @@ ALTER TABLE outbox ADD COLUMN chain_id BIGINT;
 ALTER TABLE dead_letters ADD COLUMN chain_id BIGINT;
 
 -- Events enqueued by the handlers of each chain, against PICLOUD_MAX_CHAIN_EVENTS
--- (a chain's width, where PICLOUD_MAX_TRIGGER_DEPTH bounds its depth). Rows older
--- than a day are swept by the dispatcher.
+-- (a chain's width, where PICLOUD_MAX_TRIGGER_DEPTH bounds its depth). A chain
+-- that enqueued nothing for a day is forgotten by the dispatcher's housekeeping.
 CREATE TABLE trigger_chains (
-    chain_id    BIGINT PRIMARY KEY,
-    events      BIGINT NOT NULL,
-    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+    chain_id       BIGINT PRIMARY KEY,
+    events         BIGINT NOT NULL,
+    last_event_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-CREATE INDEX trigger_chains_by_age ON trigger_chains (created_at);
+CREATE INDEX trigger_chains_by_activity ON trigger_chains (last_event_at);
 
 -- The outbox event a replay enqueued: a second replay is refused while it is pending.
 ALTER TABLE dead_letters ADD COLUMN replay_outbox_id BIGINT;

@@ -12,7 +12,10 @@ use sqlx::{
 };
 use std::{str::FromStr, time::Duration};
 
-/// The pool every picloud process uses: 32 connections; with
+/// Connections of the system pool (admin, dispatcher, scheduler).
+const SYSTEM_CONNECTIONS: u32 = 16;
+
+/// A pool of 32 connections; with
 /// `statement_timeout`, each connection's statements are cancelled by
 /// PostgreSQL past it and a connection is waited for at most as long.
 pub fn pool_options(statement_timeout: Option<Duration>) -> PgPoolOptions {
@@ -36,7 +39,11 @@ pub fn pool_options(statement_timeout: Option<Duration>) -> PgPoolOptions {
 
 /// An open, migrated database and, when embedded, the cluster and lock behind it.
 pub struct Database {
+    /// Unbounded statements: admin, dispatcher, scheduler, CLI commands.
     pub pool: PgPool,
+    /// With `statement_timeout`: the services behind SDK calls (the same as
+    /// `pool` when opened without a timeout).
+    pub sdk_pool: PgPool,
     embedded: Option<EmbeddedPostgres>,
     _lock: Option<DataDirLock>,
 }
@@ -52,10 +59,10 @@ pub enum Ownership {
 
 impl Database {
     /// Opens the database `config` points at and applies migrations. With
-    /// `statement_timeout`, PostgreSQL cancels (and rolls back) any statement
-    /// of the pool that runs longer, and the pool waits at most as long for a
-    /// connection: the server passes `PICLOUD_SDK_TIMEOUT_MS`, so an SDK call
-    /// that times out has not taken effect. CLI commands pass `None`.
+    /// `statement_timeout`, a second pool (`sdk_pool`) is opened whose
+    /// statements PostgreSQL cancels (and rolls back) past it, waiting at most
+    /// as long for a connection: the server passes `PICLOUD_SDK_TIMEOUT_MS`,
+    /// so an SDK call that times out has not taken effect. CLI commands pass `None`.
     pub async fn open(
         config: &Config,
         ownership: Ownership,
@@ -95,12 +102,21 @@ impl Database {
             .context("applying database migrations failed")?;
         // Best effort: the connection is dropped either way.
         let _ = migrating.close().await;
-        let pool = pool_options(statement_timeout)
-            .connect_with(options)
+        let pool = pool_options(None)
+            .max_connections(SYSTEM_CONNECTIONS)
+            .connect_with(options.clone())
             .await
             .context("DATABASE_URL: cannot connect to PostgreSQL; check the URL and that the server is up")?;
+        let sdk_pool = match statement_timeout {
+            None => pool.clone(),
+            Some(timeout) => pool_options(Some(timeout))
+                .connect_with(options)
+                .await
+                .context("DATABASE_URL: cannot connect to PostgreSQL; check the URL and that the server is up")?,
+        };
         Ok(Self {
             pool,
+            sdk_pool,
             embedded,
             _lock: lock,
         })
@@ -109,7 +125,11 @@ impl Database {
     /// Closes the pool and stops an embedded cluster this process started.
     pub async fn close(mut self) {
         // Bounded: a connection wedged on a dead socket must not hold up shutdown.
-        if tokio::time::timeout(Duration::from_secs(10), self.pool.close())
+        let closing = async {
+            self.sdk_pool.close().await;
+            self.pool.close().await;
+        };
+        if tokio::time::timeout(Duration::from_secs(10), closing)
             .await
             .is_err()
         {

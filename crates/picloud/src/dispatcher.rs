@@ -66,10 +66,12 @@ type Queued = (ClaimedEvent, Arc<AtomicBool>, Instant);
 const MAX_WRITE_BATCH: usize = 1024;
 /// How long the writer waits for more outcomes before writing a small batch.
 const WRITE_LINGER: Duration = Duration::from_millis(5);
+/// Most leases one renewal statement extends.
+const RENEW_CHUNK: usize = 1000;
 /// How often the outbox depth gauge and the dead-letter fan-out sweep run.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
-/// How long a chain's event count is kept: a chain still enqueueing after
-/// this starts a fresh budget.
+/// How long a chain's event count is kept after its last event: a chain
+/// quiet for longer (a handler retried a day later) starts a fresh budget.
 const CHAIN_MEMORY: Duration = Duration::from_secs(24 * 3600);
 
 /// The dispatcher's settings.
@@ -166,7 +168,9 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let wake = Arc::new(Notify::new());
     let listener = tokio::spawn(listen(shared.pool.clone(), wake.clone()));
     let (outcomes, outcomes_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_outcomes(shared.clone(), outcomes_rx));
+    let (fan_outs, fan_outs_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_outcomes(shared.clone(), outcomes_rx, fan_outs));
+    let fan_out = tokio::spawn(fan_out_dead_letters(shared.clone(), fan_outs_rx));
     let renewer = tokio::spawn(renew_leases(shared.clone()));
     let housekeeper = tokio::spawn(housekeeping(shared.clone()));
     let slots = Arc::new(Semaphore::new(shared.config.concurrency.max(1)));
@@ -191,6 +195,10 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let batch = shared.config.batch_size.max(1);
     let mut outbox_drained = false;
     let mut last_fair_claim = Instant::now();
+    // Events held (queued, running, or finished with their outcome not yet
+    // written): past this, no more are claimed, so a slow writer cannot make
+    // the set (and each lease renewal) grow without bound.
+    let max_held = batch * 2 + shared.config.concurrency;
     while !*stopped.borrow() {
         // Reap finished handler tasks so the set does not grow.
         while handlers.try_join_next().is_some() {}
@@ -211,7 +219,10 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
         // free, other apps' events may sit behind its in the outbox; at most once a
         // poll interval, claim passing over the apps at their cap (that scan can
         // be long when one app owns most of the outbox, hence the rate limit).
-        let claim = if queued_total <= batch / 2 && !outbox_drained {
+        let held = lock(&shared.in_flight).len();
+        let claim = if held >= max_held {
+            None
+        } else if queued_total <= batch / 2 && !outbox_drained {
             Some((batch - queued_total, Vec::new()))
         } else {
             let at_cap: Vec<Uuid> = {
@@ -386,7 +397,15 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
         }
     }
     drop(outcomes);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    // The last outcomes must be written before the pool closes, or finished
+    // events would run again; fan-outs left over are the sweep's.
+    if tokio::time::timeout(shared.config.shutdown_grace, writer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the last outcomes were not written within the grace period; those events run again after their leases expire");
+    }
+    fan_out.abort();
     renewer.abort();
     housekeeper.abort();
     listener.abort();
@@ -588,8 +607,13 @@ async fn source_of(shared: &Shared, event: &ClaimedEvent) -> Result<ScriptHandle
     })
 }
 
-/// Writes outcomes as they come, everything finished since the last write at once.
-async fn write_outcomes(shared: Arc<Shared>, mut outcomes: mpsc::UnboundedReceiver<Outcome>) {
+/// Writes outcomes as they come, everything finished since the last write at
+/// once; new dead letters go to `fan_outs` (their fan-out never holds up a write).
+async fn write_outcomes(
+    shared: Arc<Shared>,
+    mut outcomes: mpsc::UnboundedReceiver<Outcome>,
+    fan_outs: mpsc::UnboundedSender<Uuid>,
+) {
     let mut batch = Vec::with_capacity(MAX_WRITE_BATCH);
     while outcomes.recv_many(&mut batch, MAX_WRITE_BATCH).await > 0 {
         // Under load, linger a moment so one statement (one commit) covers many
@@ -654,9 +678,11 @@ async fn write_outcomes(shared: Arc<Shared>, mut outcomes: mpsc::UnboundedReceiv
                 tracing::error!(error = %e, events = retries.len(), "scheduling retries failed; the events run again after their leases expire");
             }
         }
-        for (id, kind, attempts, error) in exhausted {
-            done.push(id);
-            exhaust(&shared, id, kind, attempts, &error).await;
+        if !exhausted.is_empty() {
+            done.extend(exhausted.iter().map(|(id, ..)| *id));
+            for letter in exhaust(&shared, exhausted).await {
+                let _ = fan_outs.send(letter);
+            }
         }
         let mut in_flight = lock(&shared.in_flight);
         for id in done {
@@ -686,48 +712,76 @@ where
     }
 }
 
-/// After the last attempt: a dead letter (then its fan-out), or — for a
-/// dead-letter handler's own event — a logged, counted drop.
-async fn exhaust(shared: &Shared, id: i64, kind: TriggerKind, attempts: i32, error: &str) {
-    if kind == TriggerKind::DeadLetter {
-        match repo::outbox::discard(&shared.pool, shared.owner, id).await {
-            Ok(true) => {
-                shared.metrics.dead_letter_handlers_exhausted.inc();
-                tracing::error!(
-                    event = id,
-                    attempts,
-                    error,
-                    "a dead-letter handler failed every attempt; its event is dropped (dead letters are never dead-lettered again)"
-                );
+/// After the last attempt: dead letters (one statement for all of them), or
+/// — for dead-letter handlers' own events — logged, counted drops. Returns
+/// the new dead letters, to fan out.
+async fn exhaust(shared: &Shared, exhausted: Vec<(i64, TriggerKind, i32, String)>) -> Vec<Uuid> {
+    let (dropped, dying): (Vec<_>, Vec<_>) = exhausted
+        .into_iter()
+        .partition(|(_, kind, ..)| *kind == TriggerKind::DeadLetter);
+    if !dropped.is_empty() {
+        let ids: Vec<i64> = dropped.iter().map(|(id, ..)| *id).collect();
+        match with_retries(|| repo::outbox::discard(&shared.pool, shared.owner, &ids)).await {
+            Ok(gone) => {
+                for (id, _, attempts, error) in dropped.iter().filter(|(id, ..)| gone.contains(id)) {
+                    shared.metrics.dead_letter_handlers_exhausted.inc();
+                    tracing::error!(
+                        event = id,
+                        attempts,
+                        error,
+                        "a dead-letter handler failed every attempt; its event is dropped (dead letters are never dead-lettered again)"
+                    );
+                }
             }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "dropping an exhausted dead-letter event failed; it will be retried after its lease expires")
-            }
+            Err(e) => tracing::error!(error = %e, events = ids.len(), "dropping exhausted dead-letter events failed; they run again after their leases expire"),
         }
-        return;
     }
-    let dead = match with_retries(|| {
-        repo::outbox::dead_letter(&shared.pool, shared.owner, id, attempts, error)
-    })
-    .await
-    {
-        Ok(Some(dead)) => dead,
-        Ok(None) => return, // another process holds it now
+    if dying.is_empty() {
+        return Vec::new();
+    }
+    let kinds: HashMap<i64, (TriggerKind, i32)> = dying
+        .iter()
+        .map(|(id, kind, attempts, _)| (*id, (*kind, *attempts)))
+        .collect();
+    let input: Vec<repo::outbox::Exhausted> = dying
+        .into_iter()
+        .map(|(id, _, attempts, error)| repo::outbox::Exhausted {
+            id,
+            attempts,
+            error,
+        })
+        .collect();
+    match with_retries(|| repo::outbox::dead_letter(&shared.pool, shared.owner, &input)).await {
+        Ok(moved) => moved
+            .into_iter()
+            .map(|(id, letter)| {
+                let (kind, attempts) = kinds.get(&id).copied().unwrap_or((TriggerKind::Kv, 0));
+                shared
+                    .metrics
+                    .dead_letters
+                    .with_label_values(&[kind.as_str()])
+                    .inc();
+                tracing::warn!(dead_letter_id = %letter, kind = kind.as_str(), attempts, "an event failed every attempt and was dead-lettered");
+                letter
+            })
+            .collect(),
         Err(e) => {
-            tracing::error!(error = %e, "writing a dead letter failed; the event runs again after its lease expires");
-            return;
+            tracing::error!(error = %e, events = input.len(), "writing dead letters failed; the events run again after their leases expire");
+            Vec::new()
         }
-    };
-    shared
-        .metrics
-        .dead_letters
-        .with_label_values(&[kind.as_str()])
-        .inc();
-    tracing::warn!(dead_letter_id = %dead, kind = kind.as_str(), attempts, "an event failed every attempt and was dead-lettered");
-    if let Err(e) = shared.dead_letters.fan_out(Some(&[dead]), 1).await {
-        // The dead letter is stored; the housekeeping sweep fans it out later.
-        tracing::warn!(error = %e, dead_letter_id = %dead, "fanning out a dead letter failed; it will be retried");
+    }
+}
+
+/// Fans out new dead letters as the writer reports them, beside the writer
+/// (a slow fan-out never holds up outcomes); what fails is the sweep's.
+async fn fan_out_dead_letters(shared: Arc<Shared>, mut letters: mpsc::UnboundedReceiver<Uuid>) {
+    let mut batch = Vec::new();
+    while letters.recv_many(&mut batch, 100).await > 0 {
+        let ids: Vec<Uuid> = std::mem::take(&mut batch);
+        let limit = i64::try_from(ids.len()).unwrap_or(i64::MAX);
+        if let Err(e) = shared.dead_letters.fan_out(Some(&ids), limit).await {
+            tracing::warn!(error = %e, dead_letters = ids.len(), "fanning out dead letters failed; the sweep tries again");
+        }
     }
 }
 
@@ -737,12 +791,14 @@ async fn renew_leases(shared: Arc<Shared>) {
     let lease_ms = i64::try_from(shared.config.lease.as_millis()).unwrap_or(i64::MAX);
     loop {
         tokio::time::sleep(every).await;
-        let ids: Vec<i64> = lock(&shared.in_flight).keys().copied().collect();
-        if ids.is_empty() {
-            continue;
-        }
-        if let Err(e) = repo::outbox::renew(&shared.pool, shared.owner, &ids, lease_ms).await {
-            tracing::warn!(error = %e, events = ids.len(), "renewing leases failed; retrying at the next renewal");
+        let mut ids: Vec<i64> = lock(&shared.in_flight).keys().copied().collect();
+        // In id order and in bounded statements, so a renewal takes its row
+        // locks in the order other batched writers do and stays short.
+        ids.sort_unstable();
+        for chunk in ids.chunks(RENEW_CHUNK) {
+            if let Err(e) = repo::outbox::renew(&shared.pool, shared.owner, chunk, lease_ms).await {
+                tracing::warn!(error = %e, events = chunk.len(), "renewing leases failed; retrying at the next renewal");
+            }
         }
     }
 }

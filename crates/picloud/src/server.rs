@@ -14,7 +14,7 @@ use crate::{
     connections,
     database::{Database, Ownership},
     dispatcher,
-    http::{build_router, build_state},
+    http::{build_router, build_state, Pools},
     scheduler,
 };
 use anyhow::Context;
@@ -55,7 +55,11 @@ pub async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
                 config.listen
             )
         })?;
-    let state = build_state(database.pool.clone(), config.app.clone(), Arc::new(keyring))
+    let pools = Pools {
+        system: database.pool.clone(),
+        sdk: database.sdk_pool.clone(),
+    };
+    let state = build_state(pools, config.app.clone(), Arc::new(keyring))
         .context("cannot start the script worker threads")?;
     // Ends by itself when the pool closes at shutdown.
     tokio::spawn(cache_sync::listen(

@@ -315,6 +315,18 @@ async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
                     None,
                     StatusCode::OK,
                 ),
+                (
+                    Method::GET,
+                    format!("/api/v1/admin/apps/{app}/email-policy"),
+                    None,
+                    StatusCode::OK,
+                ),
+                (
+                    Method::GET,
+                    "/api/v1/admin/email/status".into(),
+                    None,
+                    StatusCode::OK,
+                ),
             ],
             Scope::AppWrite => vec![
                 (
@@ -354,6 +366,12 @@ async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
                     format!("/api/v1/admin/apps/{app}/triggers/{victim_trigger}"),
                     None,
                     StatusCode::NO_CONTENT,
+                ),
+                (
+                    Method::PUT,
+                    format!("/api/v1/admin/apps/{app}/email-policy"),
+                    Some(json!({"recipients": ["@example.com"], "daily_cap": 10})),
+                    StatusCode::OK,
                 ),
             ],
             Scope::ScriptRead => vec![

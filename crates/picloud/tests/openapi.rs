@@ -38,6 +38,9 @@ const ROUTES: &[(&str, &str)] = &[
         "/api/v1/admin/apps/{app_id}/dead-letters/{id}/replay",
     ),
     ("get", "/api/v1/admin/apps/{app_id}/outbox/stats"),
+    ("get", "/api/v1/admin/apps/{app_id}/email-policy"),
+    ("put", "/api/v1/admin/apps/{app_id}/email-policy"),
+    ("get", "/api/v1/admin/email/status"),
     ("post", "/api/v1/admin/api-keys"),
     ("get", "/api/v1/admin/api-keys"),
     ("delete", "/api/v1/admin/api-keys/{id}"),
@@ -395,5 +398,45 @@ fn declared_name_patterns_match_the_server_rules() {
                 "pattern {pattern} and the server disagree on {probe:?}"
             );
         }
+    }
+}
+
+#[test]
+fn the_declared_allow_list_pattern_matches_the_server_rule() {
+    use picloud_shared::email::{valid_allow_entry, ALLOW_ENTRY_PATTERN};
+    let doc = picloud::http::openapi();
+    let items = doc
+        .pointer("/components/schemas/EmailPolicy/properties/recipients/oneOf/1/items")
+        .expect("recipients declares its array form");
+    assert_eq!(items["pattern"], ALLOW_ENTRY_PATTERN);
+    assert_eq!(items["maxLength"], 320);
+    let regex = regex::Regex::new(ALLOW_ENTRY_PATTERN).unwrap();
+    let long_local = format!("{}@example.com", "a".repeat(308));
+    let too_long = format!("{}@example.com", "a".repeat(309));
+    for probe in [
+        "ops@example.com",
+        "@example.org",
+        "a.b+c@sub.example.co.uk",
+        "@localhost",
+        "ops@localhost",
+        "ops@@example.com",
+        "ops@exa@mple.com",
+        "ops@.example.com",
+        "ops@example..com",
+        "ops@example.com.",
+        "has space@example.com",
+        "ünï@example.com",
+        "line\n@example.com",
+        "",
+        "@",
+        "plain",
+        long_local.as_str(),
+        too_long.as_str(),
+    ] {
+        assert_eq!(
+            regex.is_match(probe) && probe.len() <= 320,
+            valid_allow_entry(probe),
+            "the pattern and the server disagree on {probe:?}"
+        );
     }
 }

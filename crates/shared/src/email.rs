@@ -19,6 +19,22 @@ pub const MAX_RECIPIENTS: usize = 100;
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 200;
 /// Most entries of a recipient allow-list.
 pub const MAX_ALLOW_LIST: usize = 1000;
+/// An allow-list entry: an address or `@domain`, printable ASCII, the domain
+/// with at least two labels. [`valid_allow_entry`] is the same rule (the
+/// OpenAPI document declares this pattern; a test holds them together).
+pub const ALLOW_ENTRY_PATTERN: &str = r"^[!-?A-~]*@[!-\-/-?A-~]+(\.[!-\-/-?A-~]+)+$";
+
+/// True when `entry` is an address or an `@domain` an allow-list may hold.
+pub fn valid_allow_entry(entry: &str) -> bool {
+    let Some((_, domain)) = entry.split_once('@') else {
+        return false;
+    };
+    entry.len() <= MAX_ADDRESS_BYTES
+        && entry.bytes().all(|b| b.is_ascii_graphic())
+        && !domain.contains('@')
+        && domain.split('.').count() >= 2
+        && domain.split('.').all(|label| !label.is_empty())
+}
 
 /// What a script asks to send (`email::send` / `email::send_html`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -279,12 +295,38 @@ impl<'de> Deserialize<'de> for RecipientPolicy {
 pub struct EmailPolicy {
     /// `"unrestricted"`, or the addresses and `@domain`s every recipient (to,
     /// cc and bcc) must match.
-    #[schema(value_type = Object, example = json!(["ops@example.com", "@example.org"]))]
+    #[schema(schema_with = recipients_schema)]
     pub recipients: RecipientPolicy,
     /// Most successful sends per UTC day; `null` for no cap.
     #[serde(default)]
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 2147483647)]
     pub daily_cap: Option<u32>,
+}
+
+/// `"unrestricted"` or an array of allow-list entries, as the OpenAPI document shows it.
+fn recipients_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["unrestricted"])),
+        )
+        .item(
+            ArrayBuilder::new()
+                .items(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(Some(ALLOW_ENTRY_PATTERN))
+                        .max_length(Some(MAX_ADDRESS_BYTES)),
+                )
+                .max_items(Some(MAX_ALLOW_LIST)),
+        )
+        .description(Some(
+            "\"unrestricted\", or the addresses and @domains every recipient (to, cc and bcc) must match",
+        ))
+        .build()
+        .into()
 }
 
 impl EmailPolicy {
@@ -300,25 +342,21 @@ impl EmailPolicy {
                 }
                 let mut normalized = Vec::with_capacity(list.len());
                 for entry in list {
-                    match entry.strip_prefix('@') {
-                        Some(domain) => precheck_address("recipients", &format!("x@{domain}"))
-                            .map_err(|_| {
-                                ServiceError::InvalidArgument(
-                                    "recipients: an entry is neither an address nor an @domain"
-                                        .into(),
-                                )
-                            })?,
-                        None => precheck_address("recipients", &entry).map_err(|_| {
-                            ServiceError::InvalidArgument(
-                                "recipients: an entry is neither an address nor an @domain".into(),
-                            )
-                        })?,
+                    if !valid_allow_entry(&entry) {
+                        return Err(ServiceError::InvalidArgument(
+                            "recipients: an entry is neither an address nor an @domain (printable ASCII, at most 320 bytes)".into(),
+                        ));
                     }
                     normalized.push(entry.to_ascii_lowercase());
                 }
                 RecipientPolicy::AllowList(normalized)
             }
         };
+        if self.daily_cap.is_some_and(|cap| i32::try_from(cap).is_err()) {
+            return Err(ServiceError::InvalidArgument(
+                "daily_cap must be at most 2147483647".into(),
+            ));
+        }
         Ok(EmailPolicy {
             recipients,
             daily_cap: self.daily_cap,

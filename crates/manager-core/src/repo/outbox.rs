@@ -42,7 +42,8 @@ pub(crate) fn enqueue_ctes(select: &str, chain: &str, enqueue: &str, max_events:
              INSERT INTO trigger_chains AS c (chain_id, events) \
              SELECT {chain}::bigint, count(*) FROM matching \
              HAVING {chain}::bigint IS NOT NULL AND {enqueue} AND count(*) > 0 \
-             ON CONFLICT (chain_id) DO UPDATE SET events = c.events + EXCLUDED.events \
+             ON CONFLICT (chain_id) DO UPDATE SET events = c.events + EXCLUDED.events, \
+                 last_event_at = now() \
              RETURNING events \
          ), queued AS ( \
              INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, \
@@ -274,53 +275,69 @@ pub async fn release(
     Ok(done.rows_affected())
 }
 
-/// Moves an exhausted event `owner` still holds to `dead_letters` (one
-/// transaction: the outbox row goes, the dead letter is written). `attempts`
-/// is the number of runs made. Returns the dead letter's id, or `None` when
-/// the lease was lost (another process has the event now).
+/// An exhausted event to move to `dead_letters`.
+#[derive(Debug, Clone)]
+pub struct Exhausted {
+    pub id: i64,
+    /// Runs made.
+    pub attempts: i32,
+    pub error: String,
+}
+
+/// Moves the exhausted events `owner` still holds to `dead_letters`, all in
+/// one statement (the outbox rows go, the dead letters are written, in one
+/// commit). Returns `(outbox id, dead letter id)` of each moved; an event
+/// missing from the answer was lost to another process.
 pub async fn dead_letter(
-    pool: &sqlx::PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     owner: Uuid,
-    id: i64,
-    attempts: i32,
-    last_error: &str,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "WITH gone AS ( \
-             DELETE FROM outbox WHERE id = $1 AND lease_owner = $2 \
-             RETURNING app_id, trigger_id, script_id, source_kind, payload, trigger_depth, \
-                 origin_principal, first_attempt_at, coalesce(chain_id, id) AS chain_id \
+    exhausted: &[Exhausted],
+) -> Result<Vec<(i64, Uuid)>, sqlx::Error> {
+    let ids: Vec<i64> = exhausted.iter().map(|e| e.id).collect();
+    let letters: Vec<Uuid> = exhausted.iter().map(|_| Uuid::new_v4()).collect();
+    let attempts: Vec<i32> = exhausted.iter().map(|e| e.attempts).collect();
+    let errors: Vec<&str> = exhausted.iter().map(|e| e.error.as_str()).collect();
+    sqlx::query_as(
+        "WITH input AS ( \
+             SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::int[], $4::text[]) \
+                 AS i(id, letter, attempts, error) \
+         ), gone AS ( \
+             DELETE FROM outbox o USING input i WHERE o.id = i.id AND o.lease_owner = $5 \
+             RETURNING o.id, i.letter, i.attempts, i.error, o.app_id, o.trigger_id, o.script_id, \
+                 o.source_kind, o.payload, o.trigger_depth, o.origin_principal, o.first_attempt_at, \
+                 coalesce(o.chain_id, o.id) AS chain_id \
+         ), written AS ( \
+             INSERT INTO dead_letters (id, app_id, trigger_id, script_id, source_kind, payload, attempts, \
+                 last_error, trigger_depth, origin_principal, first_attempt_at, last_attempt_at, \
+                 fanned_out, chain_id) \
+             SELECT letter, app_id, trigger_id, script_id, source_kind, payload, attempts, error, \
+                 trigger_depth, origin_principal, coalesce(first_attempt_at, now()), now(), \
+                 source_kind = 'dead_letter', chain_id \
+             FROM gone RETURNING id \
          ) \
-         INSERT INTO dead_letters (id, app_id, trigger_id, script_id, source_kind, payload, attempts, \
-             last_error, trigger_depth, origin_principal, first_attempt_at, last_attempt_at, fanned_out, \
-             chain_id) \
-         SELECT $3, app_id, trigger_id, script_id, source_kind, payload, $4, $5, trigger_depth, \
-             origin_principal, coalesce(first_attempt_at, now()), now(), source_kind = 'dead_letter', \
-             chain_id \
-         FROM gone RETURNING id",
+         SELECT g.id, g.letter FROM gone g JOIN written w ON w.id = g.letter",
     )
-    .bind(id)
+    .bind(&ids)
+    .bind(&letters)
+    .bind(&attempts)
+    .bind(&errors)
     .bind(owner)
-    .bind(Uuid::new_v4())
-    .bind(attempts)
-    .bind(last_error)
-    .fetch_optional(pool)
+    .fetch_all(db)
     .await
 }
 
-/// Drops an exhausted event of a dead-letter handler (never dead-lettered
-/// again); true when `owner` still held it.
+/// Drops exhausted events of dead-letter handlers (never dead-lettered
+/// again) that `owner` still holds; returns the ids dropped.
 pub async fn discard(
     db: impl sqlx::PgExecutor<'_>,
     owner: Uuid,
-    id: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM outbox WHERE id = $1 AND lease_owner = $2")
-        .bind(id)
+    ids: &[i64],
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar("DELETE FROM outbox WHERE id = ANY($1) AND lease_owner = $2 RETURNING id")
+        .bind(ids)
         .bind(owner)
-        .execute(db)
-        .await?;
-    Ok(done.rows_affected() > 0)
+        .fetch_all(db)
+        .await
 }
 
 /// A dead letter whose `dead_letter` triggers have not been given its event yet.
@@ -358,49 +375,50 @@ pub async fn dead_letters_to_fan_out(
 }
 
 /// Enqueues `event` (a dead-letter event) for every `dead_letter` trigger of
-/// the dead letter's app whose filters match it, at `depth`, with the
-/// registering key as origin, and marks the dead letter fanned out — one
-/// statement, so it happens once. `enqueue` false marks it without enqueuing.
+/// the dead letter's app whose filters match it, at `origin.depth`, with the
+/// registering key as origin, charged to the dead letter's chain, and marks
+/// the dead letter fanned out — one statement, so it happens once. With
+/// `origin.enqueue` false (too deep) it is marked without enqueuing.
 pub async fn fan_out_dead_letter(
     db: impl sqlx::PgExecutor<'_>,
     dead_letter_id: Uuid,
     event: &serde_json::Value,
-    depth: i32,
-    enqueue: bool,
+    origin: &EventOrigin,
 ) -> Result<Enqueued, sqlx::Error> {
-    sqlx::query_as(
-        // A dead letter's handlers inherit its chain (bounded by the app's
-        // dead_letter triggers, so not charged to the chain's budget).
-        "WITH dl AS ( \
-             SELECT id, app_id, trigger_id, script_id, source_kind, chain_id FROM dead_letters \
-             WHERE id = $1 AND NOT fanned_out FOR UPDATE \
-         ), matching AS ( \
-             SELECT t.id, t.script_id, t.max_attempts, t.backoff, t.base_ms, t.created_by \
-             FROM triggers t JOIN dl ON t.app_id = dl.app_id \
-             WHERE t.kind = 'dead_letter' \
-               AND (t.config->>'source' IS NULL OR t.config->>'source' = dl.source_kind) \
-               AND (t.config->>'trigger_id' IS NULL OR t.config->>'trigger_id' = dl.trigger_id::text) \
-               AND (t.config->>'script_id' IS NULL OR t.config->>'script_id' = dl.script_id::text) \
-         ), queued AS ( \
-             INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, \
-                 backoff, base_ms, trigger_depth, origin_principal, chain_id) \
-             SELECT dl.app_id, m.id, m.script_id, 'dead_letter', $2, m.max_attempts, m.backoff, \
-                 m.base_ms, $3, m.created_by, dl.chain_id \
-             FROM matching m CROSS JOIN dl WHERE $4 \
-             RETURNING 1 \
-         ), marked AS ( \
-             UPDATE dead_letters SET fanned_out = true WHERE id IN (SELECT id FROM dl) RETURNING 1 \
-         ) \
-         SELECT (SELECT count(*) FROM matching) AS matched, (SELECT count(*) FROM queued) AS queued, false AS over_budget, \
-             (SELECT count(*) FROM marked) \
-             + (SELECT count(*) FROM (SELECT pg_notify('picloud_outbox', '') FROM queued LIMIT 1) AS n) AS _done",
-    )
-    .bind(dead_letter_id)
-    .bind(sqlx::types::Json(event))
-    .bind(depth)
-    .bind(enqueue)
-    .fetch_one(db)
-    .await
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH dl AS ( \
+                 SELECT id, app_id, trigger_id, script_id, source_kind, chain_id FROM dead_letters \
+                 WHERE id = $1 AND NOT fanned_out FOR UPDATE \
+             ), matching AS ( \
+                 SELECT t.id, t.script_id, t.max_attempts, t.backoff, t.base_ms, t.created_by \
+                 FROM triggers t JOIN dl ON t.app_id = dl.app_id \
+                 WHERE t.kind = 'dead_letter' \
+                   AND (t.config->>'source' IS NULL OR t.config->>'source' = dl.source_kind) \
+                   AND (t.config->>'trigger_id' IS NULL OR t.config->>'trigger_id' = dl.trigger_id::text) \
+                   AND (t.config->>'script_id' IS NULL OR t.config->>'script_id' = dl.script_id::text) \
+             ), {}, marked AS ( \
+                 UPDATE dead_letters SET fanned_out = true WHERE id IN (SELECT id FROM dl) RETURNING 1 \
+             ) \
+             SELECT {}, (SELECT count(*) FROM marked) AS _marked",
+            enqueue_ctes(
+                "SELECT dl.app_id, m.id, m.script_id, 'dead_letter', $2, m.max_attempts, m.backoff, \
+                     m.base_ms, $3, m.created_by, dl.chain_id FROM matching m CROSS JOIN dl",
+                "(SELECT chain_id FROM dl)",
+                "$4",
+                "$5"
+            ),
+            enqueued_columns("$5")
+        )
+    });
+    sqlx::query_as(SQL.as_str())
+        .bind(dead_letter_id)
+        .bind(sqlx::types::Json(event))
+        .bind(origin.depth)
+        .bind(origin.enqueue)
+        .bind(origin.max_chain_events)
+        .fetch_one(db)
+        .await
 }
 
 /// Marks a dead letter fanned out without enqueuing anything (its event cannot be decoded).
@@ -415,13 +433,13 @@ pub async fn skip_fan_out(
     Ok(())
 }
 
-/// Forgets the event counts of chains that started more than `max_age` ago.
+/// Forgets the event counts of chains that enqueued nothing for `max_age`.
 pub async fn forget_chains(
     db: impl sqlx::PgExecutor<'_>,
     max_age: std::time::Duration,
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
-        "DELETE FROM trigger_chains WHERE created_at < now() - $1 * interval '1 millisecond'",
+        "DELETE FROM trigger_chains WHERE last_event_at < now() - $1 * interval '1 millisecond'",
     )
     .bind(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX))
     .execute(db)

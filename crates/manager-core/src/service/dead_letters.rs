@@ -36,12 +36,22 @@ impl DeadLettersService {
 
     /// Enqueues the dead-letter events of dead letters not fanned out yet:
     /// those named (`ids`), or the oldest `limit` of them. Returns how many
-    /// dead letters were handled.
+    /// dead letters were fanned out (a failure is logged and left to the next sweep).
     pub async fn fan_out(&self, ids: Option<&[Uuid]>, limit: i64) -> Result<usize, ManagerError> {
         let rows = repo::outbox::dead_letters_to_fan_out(&self.pool, ids, limit).await?;
-        let handled = rows.len();
+        let mut handled = 0;
+        // One dead letter that cannot be fanned out now must not hold up the others.
         for row in rows {
-            self.fan_out_one(row).await?;
+            let id = row.id;
+            match self.fan_out_one(row).await {
+                Ok(()) => handled += 1,
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    cancelled = matches!(&e, ManagerError::Database(db) if crate::error::is_statement_cancelled(db)),
+                    dead_letter_id = %id,
+                    "fanning out a dead letter failed; the sweep tries it again"
+                ),
+            }
         }
         Ok(handled)
     }
@@ -79,14 +89,8 @@ impl DeadLettersService {
             chain_id: None,
         };
         let origin = self.events.origin(&ctx);
-        let enqueued = repo::outbox::fan_out_dead_letter(
-            &self.pool,
-            row.id,
-            &payload,
-            origin.depth,
-            origin.enqueue,
-        )
-        .await?;
+        let enqueued =
+            repo::outbox::fan_out_dead_letter(&self.pool, row.id, &payload, &origin).await?;
         self.events.record(&ctx, "dead_letter", &origin, &enqueued);
         Ok(())
     }

@@ -98,6 +98,18 @@ const LINKS: &[LinkSpec] = &[
         parameters: &[APP_ID],
     },
     LinkSpec {
+        from: "create_app",
+        status: "201",
+        to: "get_email_policy",
+        parameters: &[APP_ID],
+    },
+    LinkSpec {
+        from: "create_app",
+        status: "201",
+        to: "put_email_policy",
+        parameters: &[APP_ID],
+    },
+    LinkSpec {
         from: "list_dead_letters",
         status: "200",
         to: "get_dead_letter",
@@ -180,7 +192,7 @@ const SHARED_ERRORS: &[(&str, &str, &str)] = &[
     ("413", "TooLarge", "`too_large`: the body is above `PICLOUD_MAX_REQUEST_BYTES` (or a field above its own limit); `limit` gives the bound"),
     ("422", "ValidationError", "`validation_error`: the body is JSON but breaks a rule (a missing field, a name out of its pattern)"),
     ("408", "RequestTimeout", "`request_timeout`: the body did not arrive within `PICLOUD_HTTP_BODY_TIMEOUT_SECS`"),
-    ("503", "Unavailable", "`unavailable`: the server is busy (request bodies being read fill `PICLOUD_MAX_BODY_BUFFER_BYTES`, or every script worker is taken); retry after `Retry-After` seconds"),
+    ("503", "Unavailable", "`unavailable`: the server is busy (request bodies being read fill `PICLOUD_MAX_BODY_BUFFER_BYTES`, or every script worker is taken; retry after `Retry-After` seconds), the database is unavailable, or a concurrent change conflicted with this one (nothing was changed; retry)"),
 ];
 
 /// Adds the shared error responses and the links to `doc`.
@@ -218,7 +230,9 @@ fn add_shared_errors(doc: &mut Value) {
             "400" => has_path_params || has_body,
             "401" | "403" => needs_key,
             "404" => has_path_params,
-            "413" | "408" | "503" => has_body,
+            "413" | "408" => has_body,
+            // Everything behind an API key reaches the database.
+            "503" => has_body || needs_key,
             "422" => has_typed_body,
             _ => false,
         };

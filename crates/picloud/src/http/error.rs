@@ -194,13 +194,20 @@ impl From<ManagerError> for ApiError {
             ManagerError::Unavailable(m) => ApiError::Unavailable(m),
             ManagerError::Database(e) => {
                 tracing::error!(error = %e, "database error");
-                if e.as_database_error()
-                    .and_then(|db| db.code())
-                    .is_some_and(|code| code == "57014")
-                {
-                    return ApiError::Unavailable(
-                        "the database did not finish in time (PICLOUD_SDK_TIMEOUT_MS); nothing was changed".into(),
-                    );
+                match e.as_database_error().and_then(|db| db.code()).as_deref() {
+                    Some("57014") => {
+                        return ApiError::Unavailable(
+                            "the database cancelled the statement; nothing was changed".into(),
+                        )
+                    }
+                    // A deadlock or serialization failure: one side was rolled back.
+                    Some("40P01" | "40001") => {
+                        return ApiError::Unavailable(
+                            "a concurrent change conflicted with this one; nothing was changed, retry"
+                                .into(),
+                        )
+                    }
+                    _ => {}
                 }
                 match e {
                     sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {

@@ -121,7 +121,7 @@ fn finished_document(doc: utoipa::openapi::OpenApi) -> serde_json::Value {
 /// `keyring` (a parameter, so tests never touch process env). Call inside a
 /// tokio runtime. Fails only when the script pool's threads cannot start.
 pub fn build_app(
-    pool: PgPool,
+    pool: impl Into<Pools>,
     config: AppConfig,
     keyring: Arc<Keyring>,
 ) -> std::io::Result<Router> {
@@ -131,7 +131,7 @@ pub fn build_app(
 /// [`build_app`], also handing out its caches so a server can keep them in step
 /// with other processes (`cache_sync::listen`).
 pub fn build_app_with_caches(
-    pool: PgPool,
+    pool: impl Into<Pools>,
     config: AppConfig,
     keyring: Arc<Keyring>,
 ) -> std::io::Result<(Router, Caches)> {
@@ -140,36 +140,58 @@ pub fn build_app_with_caches(
     Ok((build_router(state), caches))
 }
 
+/// The server's two connection pools.
+#[derive(Clone)]
+pub struct Pools {
+    /// The admin API, the dispatcher, the scheduler: statements as long as they need.
+    pub system: PgPool,
+    /// The services behind SDK calls: each statement bounded by
+    /// `PICLOUD_SDK_TIMEOUT_MS` (`database::pool_options`), so a call that
+    /// times out did not take effect.
+    pub sdk: PgPool,
+}
+
+impl From<PgPool> for Pools {
+    /// One pool for both (tests).
+    fn from(pool: PgPool) -> Self {
+        Pools {
+            system: pool.clone(),
+            sdk: pool,
+        }
+    }
+}
+
 /// Everything the server runs on: services, the script pool, caches, metrics.
 /// The router and the dispatcher are built over it. Call inside a tokio
 /// runtime; fails only when the script pool's threads cannot start.
 pub fn build_state(
-    pool: PgPool,
+    pools: impl Into<Pools>,
     config: AppConfig,
     keyring: Arc<Keyring>,
 ) -> std::io::Result<AppState> {
+    let Pools { system: pool, sdk } = pools.into();
     let script_pool = ScriptPool::start(config.script_pool.clone())?;
     let events = EventPolicy::new(config.max_trigger_depth, config.max_chain_events);
     let kv = Arc::new(KvServiceImpl::with_events(
-        pool.clone(),
+        sdk.clone(),
         config.kv_max_value_bytes,
         events.clone(),
     ));
     // A published message is held to the size of a kv value.
     let pubsub = Arc::new(PubsubServiceImpl::new(
-        pool.clone(),
+        sdk.clone(),
         config.kv_max_value_bytes,
         events.clone(),
     ));
     let secrets: Arc<dyn SecretsService> = Arc::new(SecretsServiceImpl::new(
-        pool.clone(),
+        sdk.clone(),
         keyring.clone(),
         config.secret_max_value_bytes,
     ));
     let triggers = TriggersService::new(pool.clone(), keyring, config.public_url.clone())
         .with_max_per_app(config.max_triggers_per_app);
     let email = EmailServiceImpl::new(
-        pool.clone(),
+        sdk,
         email_transport(&config.email),
         EmailSettings {
             default_from: config.email.from.clone(),
