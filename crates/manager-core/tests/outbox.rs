@@ -515,3 +515,61 @@ async fn an_app_holds_at_most_its_trigger_limit(pool: PgPool) {
     triggers.delete(app, created[0]).await.unwrap();
     triggers.create(app, request(), None).await.unwrap();
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_app_over_its_pending_quota_cannot_make_changes_that_fire_triggers(pool: PgPool) {
+    let f = Fixture::new(pool.clone(), "a").await;
+    f.trigger(kv_trigger("c", None, &[KvOp::Set, KvOp::Delete]))
+        .await;
+    f.trigger(TriggerConfig::Pubsub(PubsubTriggerConfig {
+        topic: "t".into(),
+    }))
+    .await;
+    let events = EventPolicy::default().with_max_pending_per_app(2);
+    let kv = KvServiceImpl::with_events(pool.clone(), 1024, events.clone());
+    let pubsub = PubsubServiceImpl::new(pool.clone(), 1024, events.clone());
+    let ctx = CallContext::for_app(f.app);
+    kv.set(&ctx, "c", "k", json!(1)).await.unwrap();
+    kv.set(&ctx, "c", "k", json!(2)).await.unwrap();
+    let pending = picloud_manager_core::repo::outbox::pending_by_app(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, vec![(f.app.0, 2)]);
+    // What the dispatcher's housekeeping does with that count.
+    events.set_over_quota(
+        pending
+            .into_iter()
+            .filter(|(_, n)| *n >= 2)
+            .map(|(app, _)| app)
+            .collect(),
+    );
+    let refused = kv.set(&ctx, "c", "k", json!(3)).await.unwrap_err();
+    assert_eq!(refused.kind(), "unavailable");
+    assert!(
+        refused
+            .to_string()
+            .contains("PICLOUD_MAX_PENDING_EVENTS_PER_APP"),
+        "{refused}"
+    );
+    assert_eq!(
+        kv.get(f.app, "c", "k").await.unwrap(),
+        Some(json!(2)),
+        "nothing written"
+    );
+    assert!(kv.delete(&ctx, "c", "k").await.is_err());
+    assert_eq!(
+        kv.get(f.app, "c", "k").await.unwrap(),
+        Some(json!(2)),
+        "nothing deleted"
+    );
+    assert!(pubsub.publish(&ctx, "t", json!(1)).await.is_err());
+    assert_eq!(f.outbox().await.len(), 2, "nothing enqueued");
+    // Changes that fire nothing are made.
+    kv.set(&ctx, "quiet", "k", json!(1)).await.unwrap();
+    assert_eq!(pubsub.publish(&ctx, "other", json!(1)).await.unwrap(), 0);
+    assert_eq!(events.counters().quota_refusals.load(Ordering::Relaxed), 3);
+    // Once under the quota again, writes go through.
+    events.set_over_quota(Default::default());
+    kv.set(&ctx, "c", "k", json!(4)).await.unwrap();
+    assert_eq!(f.outbox().await.len(), 3);
+}

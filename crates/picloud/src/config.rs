@@ -48,6 +48,9 @@ pub struct AppConfig {
     pub max_chain_events: u32,
     /// Triggers one app may register (`PICLOUD_MAX_TRIGGERS_PER_APP`).
     pub max_triggers_per_app: u32,
+    /// Events one app may have waiting before its changes that fire triggers
+    /// are refused (`PICLOUD_MAX_PENDING_EVENTS_PER_APP`).
+    pub max_pending_events_per_app: u64,
     /// How long a request body may take to arrive (`PICLOUD_HTTP_BODY_TIMEOUT_SECS`).
     pub body_timeout: Duration,
     /// Bytes all request bodies being read may hold at once (`PICLOUD_MAX_BODY_BUFFER_BYTES`).
@@ -70,6 +73,8 @@ impl Default for AppConfig {
             max_chain_events: picloud_manager_core::service::events::DEFAULT_MAX_CHAIN_EVENTS,
             max_triggers_per_app:
                 picloud_manager_core::service::triggers::DEFAULT_MAX_TRIGGERS_PER_APP,
+            max_pending_events_per_app:
+                picloud_manager_core::service::events::DEFAULT_MAX_PENDING_EVENTS_PER_APP,
             body_timeout: Duration::from_secs(30),
             max_body_buffer_bytes: 256 * 1024 * 1024,
             email: crate::email_config::EmailConfig::default(),
@@ -330,6 +335,11 @@ impl Config {
                 max_triggers_per_app: parse_num(
                     "PICLOUD_MAX_TRIGGERS_PER_APP",
                     app_defaults.max_triggers_per_app,
+                    1,
+                )?,
+                max_pending_events_per_app: parse_num(
+                    "PICLOUD_MAX_PENDING_EVENTS_PER_APP",
+                    app_defaults.max_pending_events_per_app,
                     1,
                 )?,
                 body_timeout: Duration::from_secs(parse_num(

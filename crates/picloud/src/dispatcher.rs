@@ -31,7 +31,7 @@ use picloud_manager_core::{
         self,
         outbox::{ClaimedEvent, Retry},
     },
-    service::dead_letters::DeadLettersService,
+    service::{dead_letters::DeadLettersService, events::EventPolicy},
 };
 use picloud_shared::{
     ids::{AppId, ScriptId},
@@ -122,6 +122,8 @@ struct Shared {
     script_pool: ScriptPool,
     metrics: Metrics,
     dead_letters: DeadLettersService,
+    /// The chain limits and the pending-events quota the housekeeping keeps current.
+    events: EventPolicy,
     owner: Uuid,
     config: DispatchConfig,
     /// Sources of script versions, fetched once per version.
@@ -153,6 +155,7 @@ pub fn start(state: &AppState, config: DispatchConfig) -> DispatcherHandle {
         script_pool: state.script_pool.clone(),
         metrics: state.metrics.clone(),
         dead_letters: state.dead_letters.clone(),
+        events: state.events.clone(),
         owner: Uuid::new_v4(),
         config,
         sources: Mutex::default(),
@@ -723,7 +726,8 @@ async fn exhaust(shared: &Shared, exhausted: Vec<(i64, TriggerKind, i32, String)
         let ids: Vec<i64> = dropped.iter().map(|(id, ..)| *id).collect();
         match with_retries(|| repo::outbox::discard(&shared.pool, shared.owner, &ids)).await {
             Ok(gone) => {
-                for (id, _, attempts, error) in dropped.iter().filter(|(id, ..)| gone.contains(id)) {
+                for (id, _, attempts, error) in dropped.iter().filter(|(id, ..)| gone.contains(id))
+                {
                     shared.metrics.dead_letter_handlers_exhausted.inc();
                     tracing::error!(
                         event = id,
@@ -733,7 +737,9 @@ async fn exhaust(shared: &Shared, exhausted: Vec<(i64, TriggerKind, i32, String)
                     );
                 }
             }
-            Err(e) => tracing::error!(error = %e, events = ids.len(), "dropping exhausted dead-letter events failed; they run again after their leases expire"),
+            Err(e) => {
+                tracing::error!(error = %e, events = ids.len(), "dropping exhausted dead-letter events failed; they run again after their leases expire")
+            }
         }
     }
     if dying.is_empty() {
@@ -806,8 +812,24 @@ async fn renew_leases(shared: Arc<Shared>) {
 /// Samples the outbox depth and fans out dead letters a crash left behind.
 async fn housekeeping(shared: Arc<Shared>) {
     loop {
-        if let Ok(stats) = repo::outbox::stats(&shared.pool, None).await {
-            shared.metrics.outbox_depth.set(stats.depth);
+        // One count per app: the depth gauge, and the apps at their
+        // pending-events quota, whose changes that fire triggers are refused.
+        match repo::outbox::pending_by_app(&shared.pool).await {
+            Ok(pending) => {
+                shared
+                    .metrics
+                    .outbox_depth
+                    .set(pending.iter().map(|(_, n)| n).sum());
+                let max = i64::try_from(shared.events.max_pending_per_app()).unwrap_or(i64::MAX);
+                shared.events.set_over_quota(
+                    pending
+                        .into_iter()
+                        .filter(|(_, n)| *n >= max)
+                        .map(|(app, _)| app)
+                        .collect(),
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "counting waiting events failed; retrying later"),
         }
         if let Err(e) = shared.dead_letters.fan_out(None, 100).await {
             tracing::warn!(error = %e, "fanning out pending dead letters failed; retrying later");

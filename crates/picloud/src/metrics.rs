@@ -52,6 +52,9 @@ pub struct Metrics {
     /// `picloud_trigger_budget_drops_total`: events dropped because their
     /// chain's handlers had enqueued `PICLOUD_MAX_CHAIN_EVENTS` (caught up at scrape time).
     budget_drops: IntCounter,
+    /// `picloud_trigger_quota_refusals_total`: changes refused because their
+    /// app had `PICLOUD_MAX_PENDING_EVENTS_PER_APP` events waiting (caught up at scrape time).
+    quota_refusals: IntCounter,
     /// `picloud_email_send_total{outcome}`: sends by outcome, `ok` or a failure
     /// kind (caught up with the email service's counters at scrape time).
     email_sends: IntCounterVec,
@@ -151,12 +154,17 @@ impl Metrics {
             "Events dropped because their trigger chain's handlers had enqueued PICLOUD_MAX_CHAIN_EVENTS events",
         )
         .expect("static metric definition is valid");
+        let quota_refusals = IntCounter::new(
+            "picloud_trigger_quota_refusals_total",
+            "Changes refused because their app had PICLOUD_MAX_PENDING_EVENTS_PER_APP trigger events waiting",
+        )
+        .expect("static metric definition is valid");
         let email_sends = counter_vec(
             "picloud_email_send_total",
             "Outbound email sends by outcome (ok or the failure kind)",
             &["outcome"],
         );
-        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
             Box::new(script_runs.clone()),
             Box::new(script_run_duration.clone()),
             Box::new(pool_workers.clone()),
@@ -171,6 +179,7 @@ impl Metrics {
             Box::new(dead_letter_handlers_exhausted.clone()),
             Box::new(depth_drops.clone()),
             Box::new(budget_drops.clone()),
+            Box::new(quota_refusals.clone()),
             Box::new(email_sends.clone()),
         ];
         for collector in collectors {
@@ -214,6 +223,7 @@ impl Metrics {
             dead_letter_handlers_exhausted,
             depth_drops,
             budget_drops,
+            quota_refusals,
             email_sends,
         }
     }
@@ -231,6 +241,7 @@ impl Metrics {
         for (metric, total) in [
             (&self.depth_drops, &counters.depth_drops),
             (&self.budget_drops, &counters.budget_drops),
+            (&self.quota_refusals, &counters.quota_refusals),
         ] {
             let seen = metric.get();
             metric.inc_by(total.load(Ordering::Relaxed).saturating_sub(seen));

@@ -427,3 +427,41 @@ async fn a_dead_letter_is_replayed_once_while_its_replay_is_pending(pool: PgPool
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_ne!(body["outbox_id"], accepted[0]["outbox_id"]);
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_dead_letter_page_stops_at_its_byte_budget(pool: PgPool) {
+    let t = TestApp::new(pool.clone()).await;
+    let app = t.create_app("a").await;
+    // Three dead letters of 5 MB events: 8 MiB holds the first two.
+    for i in 0..3 {
+        sqlx::query(
+            "INSERT INTO dead_letters (id, app_id, source_kind, payload, attempts, last_error, trigger_depth, \
+             first_attempt_at, last_attempt_at, created_at) \
+             VALUES ($1, $2::uuid, 'kv', jsonb_build_object('kind', 'kv', 'value', repeat('x', 5000000)), \
+                     1, 'x', 1, now(), now(), now() - make_interval(secs => $3))",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(&app)
+        .bind(f64::from(i))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let list = format!("/api/v1/admin/apps/{app}/dead-letters");
+    let (status, page) = t.admin(Method::GET, &list, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let page = page.as_array().unwrap();
+    assert_eq!(page.len(), 2, "the byte budget ends the page");
+    let last = page[1]["id"].as_str().unwrap();
+    let (_, rest) = t
+        .admin(Method::GET, &format!("{list}?before={last}"), None)
+        .await;
+    assert_eq!(
+        rest.as_array().unwrap().len(),
+        1,
+        "the next page has the rest"
+    );
+    // `limit` still bounds a page.
+    let (_, one) = t.admin(Method::GET, &format!("{list}?limit=1"), None).await;
+    assert_eq!(one.as_array().unwrap().len(), 1);
+}

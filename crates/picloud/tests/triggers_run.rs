@@ -598,6 +598,152 @@ async fn the_chain_budget_stops_handlers_that_fan_out_to_each_other(pool: PgPool
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn an_app_with_too_many_events_waiting_is_refused_changes_that_fire_triggers(pool: PgPool) {
+    let config = AppConfig {
+        max_pending_events_per_app: 3,
+        ..test_config()
+    };
+    let r = TestApp::running(pool.clone(), config).await;
+    let t = &r.app;
+    let app = t.create_app("a").await;
+    // A handler that fails and waits a minute before its retry: its events stay.
+    let script = t
+        .create_script(&app, "fails", r#"throw "down""#, false)
+        .await;
+    trigger(
+        t,
+        &app,
+        json!({"kind": "kv", "script_id": script, "config": {"collection": "c"},
+               "retry": {"max_attempts": 2, "backoff": "fixed", "base_ms": 60000}}),
+    )
+    .await;
+    t.create_script(
+        &app,
+        "write",
+        r#"let r = (); try { kv::set("c", ctx.request.body, 1); r = "ok" } catch (e) { r = e.kind } r"#,
+        false,
+    )
+    .await;
+    for key in ["a", "b", "c"] {
+        assert_eq!(t.invoke(&app, "write", json!(key)).await.1, json!("ok"));
+    }
+    // The housekeeping counts them (every 5 s) and the next change is refused.
+    let probes = std::sync::atomic::AtomicUsize::new(0);
+    let refused_key = eventually("a refused write", WAIT, || async {
+        let key = format!(
+            "d{}",
+            probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let (_, out) = t.invoke(&app, "write", json!(key)).await;
+        (out == json!("unavailable")).then_some(key)
+    })
+    .await;
+    assert_eq!(
+        kv_value(&pool, &app, "c", &refused_key).await,
+        None,
+        "nothing written"
+    );
+    let (_, metrics) = t.call(Method::GET, "/metrics", None, None).await;
+    assert!(
+        !metrics
+            .as_str()
+            .unwrap()
+            .contains("picloud_trigger_quota_refusals_total 0"),
+        "the refusal is counted"
+    );
+    r.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_stuck_dead_letter_fan_out_holds_up_no_other_apps_outcomes(pool: PgPool) {
+    let r = start(pool.clone()).await;
+    let t = &r.app;
+    let poisoned = t.create_app("poisoned").await;
+    let fails = t
+        .create_script(&poisoned, "fails", r#"throw "down""#, false)
+        .await;
+    trigger(
+        t,
+        &poisoned,
+        json!({"kind": "kv", "script_id": fails, "config": {"collection": "p"},
+               "retry": {"max_attempts": 1, "backoff": "fixed", "base_ms": 1}}),
+    )
+    .await;
+    let told = t
+        .create_script(&poisoned, "told", r#"kv::set("dl", "seen", true)"#, false)
+        .await;
+    let dl_trigger = trigger(
+        t,
+        &poisoned,
+        json!({"kind": "dead_letter", "script_id": told}),
+    )
+    .await;
+    // Hold the dead_letter trigger's row: the fan-out's insert (its foreign
+    // key check) waits for it, as a slow fan-out would.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM triggers WHERE id = $1::uuid FOR UPDATE")
+        .bind(&dl_trigger)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    t.create_script(&poisoned, "poison", r#"kv::set("p", "k", 1)"#, false)
+        .await;
+    assert_eq!(
+        t.invoke(&poisoned, "poison", json!(null)).await.0,
+        StatusCode::OK
+    );
+    eventually("the dead letter", WAIT, || async {
+        dead_letters(t, &poisoned).await.into_iter().next()
+    })
+    .await;
+
+    // Meanwhile another app's events complete: their outcomes are written.
+    let other = t.create_app("other").await;
+    let handler = t
+        .create_script(
+            &other,
+            "h",
+            r#"kv::set("done", ctx.event.key, true)"#,
+            false,
+        )
+        .await;
+    trigger(
+        t,
+        &other,
+        json!({"kind": "kv", "script_id": handler, "config": {"collection": "v"}}),
+    )
+    .await;
+    t.create_script(
+        &other,
+        "write",
+        r#"for i in 0..20 { kv::set("v", `k${i}`, i) }"#,
+        false,
+    )
+    .await;
+    assert_eq!(
+        t.invoke(&other, "write", json!(null)).await.0,
+        StatusCode::OK
+    );
+    eventually("the other app's outcomes written", WAIT, || {
+        outbox_empty(&pool, &other)
+    })
+    .await;
+    assert_eq!(kv_keys(&pool, &other, "done").await.len(), 20);
+    assert_eq!(
+        kv_value(&pool, &poisoned, "dl", "seen").await,
+        None,
+        "the fan-out is still held"
+    );
+
+    holder.rollback().await.unwrap();
+    eventually("the dead-letter handler", WAIT, || async {
+        kv_value(&pool, &poisoned, "dl", "seen").await
+    })
+    .await;
+    r.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn outbox_stats_count_what_waits(pool: PgPool) {
     // No dispatcher runs here, so enqueued events stay.
     let t = TestApp::new(pool.clone()).await;

@@ -352,7 +352,10 @@ impl EmailPolicy {
                 RecipientPolicy::AllowList(normalized)
             }
         };
-        if self.daily_cap.is_some_and(|cap| i32::try_from(cap).is_err()) {
+        if self
+            .daily_cap
+            .is_some_and(|cap| i32::try_from(cap).is_err())
+        {
             return Err(ServiceError::InvalidArgument(
                 "daily_cap must be at most 2147483647".into(),
             ));

@@ -31,25 +31,35 @@ fn from_row(row: &sqlx::postgres::PgRow) -> Result<DeadLetterInfo, sqlx::Error> 
 }
 
 /// The app's dead letters, newest first, after the cursor (`created_at`, `id`)
-/// of the last one of the previous page (either part may be absent).
+/// of the last one of the previous page (either part may be absent): at most
+/// `limit`, and no more than `max_bytes` of events (always at least one).
 pub async fn list(
     db: impl PgExecutor<'_>,
     app: AppId,
     limit: i64,
     before: Option<Uuid>,
     before_at: Option<DateTime<Utc>>,
+    max_bytes: i64,
 ) -> Result<Vec<DeadLetterInfo>, sqlx::Error> {
     sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM dead_letters WHERE app_id = $1 \
-         AND (($2::uuid IS NULL AND $4::timestamptz IS NULL) OR (created_at, id) < ( \
-             coalesce($4, (SELECT created_at FROM dead_letters WHERE id = $2 AND app_id = $1)), \
-             coalesce($2, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid))) \
-         ORDER BY created_at DESC, id DESC LIMIT $3"
+        "SELECT {COLUMNS} FROM ( \
+             SELECT {COLUMNS}, sum(octet_length(payload::text)) OVER ( \
+                 ORDER BY created_at DESC, id DESC) - octet_length(payload::text) AS bytes_before \
+             FROM ( \
+                 SELECT {COLUMNS} FROM dead_letters WHERE app_id = $1 \
+                 AND (($2::uuid IS NULL AND $4::timestamptz IS NULL) OR (created_at, id) < ( \
+                     coalesce($4, (SELECT created_at FROM dead_letters WHERE id = $2 AND app_id = $1)), \
+                     coalesce($2, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid))) \
+                 ORDER BY created_at DESC, id DESC LIMIT $3 \
+             ) page \
+         ) sized WHERE bytes_before < $5 \
+         ORDER BY created_at DESC, id DESC"
     ))
     .bind(app.0)
     .bind(before)
     .bind(limit)
     .bind(before_at)
+    .bind(max_bytes)
     .fetch_all(db)
     .await?
     .iter()

@@ -1,7 +1,7 @@
 //! SQL for the `kv_entries` table. A write and the outbox rows of the
 //! triggers it fires are one statement, so they commit together.
 
-use super::outbox::{enqueue_ctes, enqueued_columns, Enqueued, EventOrigin};
+use super::outbox::{enqueue_ctes, enqueued_columns, quota_cte, Enqueued, EventOrigin};
 use picloud_shared::ids::AppId;
 use serde_json::Value;
 use sqlx::PgExecutor;
@@ -23,17 +23,19 @@ pub async fn upsert(
         format!(
             "WITH previous AS MATERIALIZED ( \
                  SELECT value FROM kv_entries WHERE app_id = $1 AND collection = $2 AND key = $3 FOR UPDATE \
-             ), written AS ( \
-                 INSERT INTO kv_entries (app_id, collection, key, value) \
-                 SELECT $1, $2, $3, $4 FROM (SELECT count(*) FROM previous) AS after_the_lock \
-                 ON CONFLICT (app_id, collection, key) DO UPDATE SET value = EXCLUDED.value, updated_at = now() \
-                 RETURNING 1 \
              ), matching AS ( \
                  SELECT id, script_id, max_attempts, backoff, base_ms FROM triggers \
                  WHERE app_id = $1 AND kind = 'kv' AND config->>'collection' = $2 \
                    AND starts_with($3, coalesce(config->>'key_prefix', '')) AND config->'ops' ? 'set' \
+             ), {}, written AS ( \
+                 INSERT INTO kv_entries (app_id, collection, key, value) \
+                 SELECT $1, $2, $3, $4 FROM (SELECT count(*) FROM previous) AS after_the_lock \
+                 WHERE NOT (SELECT refused FROM quota) \
+                 ON CONFLICT (app_id, collection, key) DO UPDATE SET value = EXCLUDED.value, updated_at = now() \
+                 RETURNING 1 \
              ), {} \
              SELECT {}, (SELECT count(*) FROM written) AS _written",
+            quota_cte("$10", "$7", "matching"),
             enqueue_ctes(
                 "SELECT $1, m.id, m.script_id, 'kv', \
                      jsonb_build_object('kind', 'kv', 'op', 'set', 'collection', $2::text, 'key', $3::text, 'value', $4::jsonb) \
@@ -56,6 +58,7 @@ pub async fn upsert(
         .bind(origin.enqueue)
         .bind(origin.chain)
         .bind(origin.max_chain_events)
+        .bind(origin.refuse_events)
         .fetch_one(db)
         .await
 }
@@ -96,15 +99,18 @@ pub async fn delete(
     }
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "WITH removed AS ( \
-                 DELETE FROM kv_entries WHERE app_id = $1 AND collection = $2 AND key = $3 RETURNING value \
-             ), matching AS ( \
+            "WITH candidates AS ( \
                  SELECT id, script_id, max_attempts, backoff, base_ms FROM triggers \
                  WHERE app_id = $1 AND kind = 'kv' AND config->>'collection' = $2 \
                    AND starts_with($3, coalesce(config->>'key_prefix', '')) AND config->'ops' ? 'delete' \
-                   AND EXISTS (SELECT 1 FROM removed) \
+             ), {}, removed AS ( \
+                 DELETE FROM kv_entries WHERE app_id = $1 AND collection = $2 AND key = $3 \
+                   AND NOT (SELECT refused FROM quota) RETURNING value \
+             ), matching AS ( \
+                 SELECT * FROM candidates WHERE EXISTS (SELECT 1 FROM removed) \
              ), {} \
              SELECT (SELECT count(*) FROM removed) AS removed, {}",
+            quota_cte("$9", "$6", "candidates"),
             enqueue_ctes(
                 "SELECT $1, m.id, m.script_id, 'kv', \
                      jsonb_build_object('kind', 'kv', 'op', 'delete', 'collection', $2::text, 'key', $3::text, 'previous', r.value), \
@@ -125,6 +131,7 @@ pub async fn delete(
         .bind(origin.enqueue)
         .bind(origin.chain)
         .bind(origin.max_chain_events)
+        .bind(origin.refuse_events)
         .fetch_one(db)
         .await?;
     Ok((deleted.removed > 0, deleted.enqueued))

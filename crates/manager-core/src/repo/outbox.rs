@@ -17,6 +17,9 @@ pub struct EventOrigin {
     pub chain: Option<i64>,
     /// How many events the handlers of one chain may enqueue in all.
     pub max_chain_events: i64,
+    /// True when the app has too many events waiting: a change that would
+    /// enqueue events is refused whole (a change without events is made).
+    pub refuse_events: bool,
 }
 
 /// What a change did to the outbox.
@@ -28,20 +31,35 @@ pub struct Enqueued {
     pub queued: i64,
     /// True when the events were dropped because their chain spent its budget.
     pub over_budget: bool,
+    /// True when the change was not made: it would have enqueued events for
+    /// an app with too many waiting.
+    pub refused: bool,
 }
 
-/// The CTEs every writer of events shares, after its `matching` CTE (the
-/// triggers the change fires): `budget` charges a handler's events to its
-/// chain, and `queued` inserts them unless the chain is too deep (`enqueue`
-/// false) or past its budget. `select` is the `SELECT` list of the outbox
-/// insert (its FROM clause included) and `chain`, `enqueue`, `max_events` the
-/// statement's parameters. The statement ends with [`ENQUEUED_COLUMNS`].
+/// The CTE that decides whether a change is refused: it would enqueue events
+/// (the CTE `matching` names is not empty and the chain is not too deep) for
+/// an app over its pending-events quota (`refuse`). The change's own CTE must
+/// hold `WHERE NOT (SELECT refused FROM quota)`.
+pub(crate) fn quota_cte(refuse: &str, enqueue: &str, matching: &str) -> String {
+    format!(
+        "quota AS (SELECT {refuse}::boolean AND {enqueue}::boolean AND EXISTS (SELECT 1 FROM {matching}) AS refused)"
+    )
+}
+
+/// The CTEs every writer of events shares, after its `matching` and `quota`
+/// CTEs (the triggers the change fires; whether it is refused): `budget`
+/// charges a handler's events to its chain, and `queued` inserts them unless
+/// the chain is too deep (`enqueue` false), past its budget, or the change is
+/// refused. `select` is the `SELECT` list of the outbox insert (its FROM
+/// clause included) and `chain`, `enqueue`, `max_events` the statement's
+/// parameters. The statement's result starts with [`enqueued_columns`].
 pub(crate) fn enqueue_ctes(select: &str, chain: &str, enqueue: &str, max_events: &str) -> String {
     format!(
         "budget AS ( \
              INSERT INTO trigger_chains AS c (chain_id, events) \
              SELECT {chain}::bigint, count(*) FROM matching \
              HAVING {chain}::bigint IS NOT NULL AND {enqueue} AND count(*) > 0 \
+                 AND NOT (SELECT refused FROM quota) \
              ON CONFLICT (chain_id) DO UPDATE SET events = c.events + EXCLUDED.events, \
                  last_event_at = now() \
              RETURNING events \
@@ -50,6 +68,7 @@ pub(crate) fn enqueue_ctes(select: &str, chain: &str, enqueue: &str, max_events:
                  backoff, base_ms, trigger_depth, origin_principal, chain_id) \
              {select} \
              WHERE {enqueue} AND coalesce((SELECT events FROM budget), 0) <= {max_events} \
+                 AND NOT (SELECT refused FROM quota) \
              RETURNING 1 \
          )"
     )
@@ -60,6 +79,7 @@ pub(crate) fn enqueued_columns(max_events: &str) -> String {
     format!(
         "(SELECT count(*) FROM matching) AS matched, (SELECT count(*) FROM queued) AS queued, \
          EXISTS (SELECT 1 FROM budget WHERE events > {max_events}) AS over_budget, \
+         (SELECT refused FROM quota) AS refused, \
          (SELECT count(*) FROM (SELECT pg_notify('picloud_outbox', '') FROM queued LIMIT 1) AS n) AS _notified"
     )
 }
@@ -82,8 +102,9 @@ pub async fn enqueue_pubsub(
                      OR (right(config->>'topic', 2) = '.*' \
                          AND starts_with($2, left(config->>'topic', -1)) \
                          AND length($2) > length(config->>'topic') - 1)) \
-             ), {} \
+             ), {}, {} \
              SELECT {}",
+            quota_cte("$9", "$6", "matching"),
             enqueue_ctes(
                 "SELECT $1, m.id, m.script_id, 'pubsub', $3, m.max_attempts, m.backoff, m.base_ms, \
                      $4, $5, $7 FROM matching m",
@@ -103,6 +124,7 @@ pub async fn enqueue_pubsub(
         .bind(origin.enqueue)
         .bind(origin.chain)
         .bind(origin.max_chain_events)
+        .bind(origin.refuse_events)
         .fetch_one(db)
         .await
 }
@@ -397,10 +419,12 @@ pub async fn fan_out_dead_letter(
                    AND (t.config->>'source' IS NULL OR t.config->>'source' = dl.source_kind) \
                    AND (t.config->>'trigger_id' IS NULL OR t.config->>'trigger_id' = dl.trigger_id::text) \
                    AND (t.config->>'script_id' IS NULL OR t.config->>'script_id' = dl.script_id::text) \
-             ), {}, marked AS ( \
+             ), {}, {}, marked AS ( \
                  UPDATE dead_letters SET fanned_out = true WHERE id IN (SELECT id FROM dl) RETURNING 1 \
              ) \
              SELECT {}, (SELECT count(*) FROM marked) AS _marked",
+            // A dead letter is stored already: its fan-out is never refused.
+            quota_cte("false", "$4", "matching"),
             enqueue_ctes(
                 "SELECT dl.app_id, m.id, m.script_id, 'dead_letter', $2, m.max_attempts, m.backoff, \
                      m.base_ms, $3, m.created_by, dl.chain_id FROM matching m CROSS JOIN dl",
@@ -445,6 +469,15 @@ pub async fn forget_chains(
     .execute(db)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Events waiting per app (every app with at least one).
+pub async fn pending_by_app(
+    db: impl sqlx::PgExecutor<'_>,
+) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT app_id, count(*) FROM outbox GROUP BY app_id")
+        .fetch_all(db)
+        .await
 }
 
 /// `{depth, in_flight, retrying, oldest_age_secs}` of an app's outbox.

@@ -18,6 +18,10 @@ use picloud_shared::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
+/// Most bytes of events one list call returns (at least one dead letter is
+/// always returned): a page of large events stays a bounded response.
+pub const DEAD_LETTER_PAGE_BYTES: i64 = 8 * 1024 * 1024;
+
 /// Most dead letters one list call returns.
 pub const DEAD_LETTER_PAGE_MAX: i64 = 200;
 
@@ -120,7 +124,15 @@ impl DeadLettersService {
             }
         }
         let limit = limit.clamp(1, DEAD_LETTER_PAGE_MAX);
-        Ok(repo::dead_letters::list(&self.pool, app, limit, before, before_at).await?)
+        Ok(repo::dead_letters::list(
+            &self.pool,
+            app,
+            limit,
+            before,
+            before_at,
+            DEAD_LETTER_PAGE_BYTES,
+        )
+        .await?)
     }
 
     /// One dead letter of the app.

@@ -4,17 +4,24 @@
 //! together (the transactional outbox of SPEC §8).
 
 use crate::repo::outbox::{Enqueued, EventOrigin};
-use picloud_shared::triggers::CallContext;
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
+use picloud_shared::{triggers::CallContext, ServiceError};
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, PoisonError, RwLock,
+    },
 };
+use uuid::Uuid;
 
 /// Default `PICLOUD_MAX_TRIGGER_DEPTH`.
 pub const DEFAULT_MAX_TRIGGER_DEPTH: u32 = 8;
 
 /// Default `PICLOUD_MAX_CHAIN_EVENTS`.
 pub const DEFAULT_MAX_CHAIN_EVENTS: u32 = 1000;
+
+/// Default `PICLOUD_MAX_PENDING_EVENTS_PER_APP`.
+pub const DEFAULT_MAX_PENDING_EVENTS_PER_APP: u64 = 100_000;
 
 /// Counts of events not enqueued, for `/metrics`.
 #[derive(Debug, Default)]
@@ -23,6 +30,8 @@ pub struct EventCounters {
     pub depth_drops: AtomicU64,
     /// Events dropped because their chain had enqueued its budget of events.
     pub budget_drops: AtomicU64,
+    /// Writes refused because their app had too many events waiting.
+    pub quota_refusals: AtomicU64,
 }
 
 /// The chain limits and counters, shared by the kv, pubsub, cron and dead-letter writers.
@@ -30,6 +39,10 @@ pub struct EventCounters {
 pub struct EventPolicy {
     max_trigger_depth: u32,
     max_chain_events: u32,
+    max_pending_per_app: u64,
+    /// Apps with at least `max_pending_per_app` events waiting, as the
+    /// dispatcher's housekeeping last counted them.
+    over_quota: Arc<RwLock<HashSet<Uuid>>>,
     counters: Arc<EventCounters>,
 }
 
@@ -40,8 +53,30 @@ impl EventPolicy {
         Self {
             max_trigger_depth,
             max_chain_events,
+            max_pending_per_app: DEFAULT_MAX_PENDING_EVENTS_PER_APP,
+            over_quota: Arc::default(),
             counters: Arc::default(),
         }
+    }
+
+    /// The same policy refusing writes that fire triggers of an app with
+    /// `max` events waiting.
+    pub fn with_max_pending_per_app(mut self, max: u64) -> Self {
+        self.max_pending_per_app = max;
+        self
+    }
+
+    /// `PICLOUD_MAX_PENDING_EVENTS_PER_APP`.
+    pub fn max_pending_per_app(&self) -> u64 {
+        self.max_pending_per_app
+    }
+
+    /// Replaces the set of apps at their pending-events quota (the housekeeping's count).
+    pub fn set_over_quota(&self, apps: HashSet<Uuid>) {
+        *self
+            .over_quota
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = apps;
     }
 
     /// Where the events of a change made by a call in `ctx` stand in their chain.
@@ -53,7 +88,30 @@ impl EventPolicy {
             enqueue,
             chain: ctx.chain_id,
             max_chain_events: i64::from(self.max_chain_events),
+            refuse_events: self
+                .over_quota
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&ctx.app_id.0),
         }
+    }
+
+    /// The error for a write refused because its app has too many events
+    /// waiting (counted); `Ok` when `done` was not refused.
+    pub fn check_refused(&self, ctx: &CallContext, done: &Enqueued) -> Result<(), ServiceError> {
+        if !done.refused {
+            return Ok(());
+        }
+        self.counters.quota_refusals.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            app_id = %ctx.app_id,
+            limit = self.max_pending_per_app,
+            "a write that fires triggers was refused: its app has too many events waiting"
+        );
+        Err(ServiceError::Unavailable(format!(
+            "this app has at least {} trigger events waiting (PICLOUD_MAX_PENDING_EVENTS_PER_APP); changes that fire triggers are refused until they drain. Nothing was written",
+            self.max_pending_per_app
+        )))
     }
 
     /// Counts and logs the events of a change that a chain limit dropped.

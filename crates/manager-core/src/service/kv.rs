@@ -64,6 +64,7 @@ impl KvService for KvServiceImpl {
         let enqueued = repo::kv::upsert(&self.pool, ctx.app_id, collection, key, &value, &origin)
             .await
             .map_err(db_error)?;
+        self.events.check_refused(ctx, &enqueued)?;
         self.events.record(ctx, "kv", &origin, &enqueued);
         Ok(())
     }
@@ -94,6 +95,7 @@ impl KvService for KvServiceImpl {
             repo::kv::delete(&self.pool, ctx.app_id, collection, key, &origin)
                 .await
                 .map_err(db_error)?;
+        self.events.check_refused(ctx, &enqueued)?;
         self.events.record(ctx, "kv", &origin, &enqueued);
         Ok(removed)
     }

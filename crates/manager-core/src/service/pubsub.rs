@@ -53,6 +53,7 @@ impl PubsubService for PubsubServiceImpl {
             repo::outbox::enqueue_pubsub(&self.pool, ctx.app_id, topic, &payload, &origin)
                 .await
                 .map_err(|e| ServiceError::from(ManagerError::Database(e)))?;
+        self.events.check_refused(ctx, &enqueued)?;
         self.events.record(ctx, "pubsub", &origin, &enqueued);
         Ok(enqueued.queued as u64)
     }

@@ -201,12 +201,10 @@ impl From<ManagerError> for ApiError {
                         )
                     }
                     // A deadlock or serialization failure: one side was rolled back.
-                    Some("40P01" | "40001") => {
-                        return ApiError::Unavailable(
-                            "a concurrent change conflicted with this one; nothing was changed, retry"
-                                .into(),
-                        )
-                    }
+                    Some("40P01" | "40001") => return ApiError::Unavailable(
+                        "a concurrent change conflicted with this one; nothing was changed, retry"
+                            .into(),
+                    ),
                     _ => {}
                 }
                 match e {

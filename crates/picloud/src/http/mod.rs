@@ -171,7 +171,8 @@ pub fn build_state(
 ) -> std::io::Result<AppState> {
     let Pools { system: pool, sdk } = pools.into();
     let script_pool = ScriptPool::start(config.script_pool.clone())?;
-    let events = EventPolicy::new(config.max_trigger_depth, config.max_chain_events);
+    let events = EventPolicy::new(config.max_trigger_depth, config.max_chain_events)
+        .with_max_pending_per_app(config.max_pending_events_per_app);
     let kv = Arc::new(KvServiceImpl::with_events(
         sdk.clone(),
         config.kv_max_value_bytes,

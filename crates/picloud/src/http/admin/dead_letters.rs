@@ -19,7 +19,7 @@ use uuid::Uuid;
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DeadLetterPage {
-    /// Most dead letters returned (1-200, default 50).
+    /// Most dead letters returned (1-200, default 50); a page also ends once it holds 8 MiB of events.
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
     /// The `id` of the last dead letter of the previous page.
