@@ -501,3 +501,127 @@ fn sigterm_lets_an_in_flight_invoke_finish_then_exits_0() {
     assert!(logs.contains("finishing in-flight requests"), "{logs}");
     assert!(!postmaster_alive(&data), "PostgreSQL was stopped");
 }
+
+/// The test SMTP server `scripts/test.sh` started: (port, user, password).
+fn test_smtp() -> (String, String, String) {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: this test needs the SMTP server ./scripts/test.sh starts")
+        })
+    };
+    (
+        var("PICLOUD_TEST_SMTP_PORT"),
+        var("PICLOUD_TEST_SMTP_USER"),
+        var("PICLOUD_TEST_SMTP_PASSWORD"),
+    )
+}
+
+#[test]
+fn email_paths_never_log_the_smtp_password_or_message_bodies() {
+    use base64::Engine;
+    let (smtp_port, user, password) = test_smtp();
+    let mut all_logs = String::new();
+    for (tag, smtp_password) in [
+        ("mail-ok", password.clone()),
+        ("mail-bad-auth", format!("{password}-wrong")),
+    ] {
+        let (_tmp, data) = data_dir();
+        let port = free_port();
+        let server = Server::start(
+            &data,
+            port,
+            tag,
+            &[
+                ("RUST_LOG", "debug"),
+                ("PICLOUD_LOG_FORMAT", "json"),
+                ("PICLOUD_SMTP_HOST", "127.0.0.1"),
+                ("PICLOUD_SMTP_PORT", smtp_port.as_str()),
+                ("PICLOUD_SMTP_USER", user.as_str()),
+                ("PICLOUD_SMTP_PASSWORD", smtp_password.as_str()),
+                ("PICLOUD_SMTP_TLS", "none"),
+                ("PICLOUD_EMAIL_FROM", "logs@picloud.example"),
+            ],
+        );
+        let key = admin_key(&data);
+        let app = create_app(port, &key, "mail");
+        // Every path: a send, an html send, 4xx, 5xx, a bad address, a header
+        // injection, a bad call; each message carries body markers.
+        let source = r#"
+            let kinds = [];
+            for send in [
+                || email::send(#{to: "ann@example.com", subject: "SUBJECTMARK", text: "BODYMARK-text"}),
+                || email::send_html(#{to: "ann@example.com", subject: "SUBJECTMARK", html: "<p>BODYMARK-html</p>", text: "BODYMARK-alt"}),
+                || email::send(#{to: "tempfail@example.com", subject: "SUBJECTMARK", text: "BODYMARK-4xx"}),
+                || email::send(#{to: "reject@example.com", subject: "SUBJECTMARK", text: "BODYMARK-5xx"}),
+                || email::send(#{to: "nobody", subject: "SUBJECTMARK", text: "BODYMARK-address"}),
+                || email::send(#{to: "ann@example.com", subject: "x\r\nBcc: b@example.com", text: "BODYMARK-inject"}),
+                || email::send(#{to: "ann@example.com", subject: "SUBJECTMARK"}),
+            ] {
+                try { send.call(); kinds.push("ok") } catch (e) { kinds.push(e.kind) }
+            }
+            kinds
+        "#;
+        create_script(port, &key, &app, "mail", source);
+        let (status, out) = http(
+            port,
+            "POST",
+            &format!("/api/v1/apps/{app}/invoke/mail"),
+            Some(&key),
+            Some("null"),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{out}");
+        let kinds = json(&out);
+        if tag == "mail-ok" {
+            assert_eq!(
+                kinds,
+                serde_json::json!([
+                    "ok",
+                    "ok",
+                    "transient",
+                    "permanent",
+                    "invalid_address",
+                    "invalid_argument",
+                    "invalid_argument"
+                ])
+            );
+        } else {
+            assert_eq!(kinds[0], "auth_failed", "{kinds}");
+        }
+        let (_, status) =
+            http(port, "GET", "/api/v1/admin/email/status", Some(&key), None).unwrap();
+        assert!(status.contains("\"configured\":true"), "{status}");
+        assert!(!status.contains(&smtp_password), "{status}");
+        let (code, logs) = server.stop(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(code, 0, "{logs}");
+        assert!(
+            logs.contains("\"level\":\"DEBUG\""),
+            "debug logs were captured"
+        );
+        all_logs.push_str(&logs);
+        // What an AUTH exchange would carry, in the forms it is sent.
+        let engine = base64::engine::general_purpose::STANDARD;
+        for leak in [
+            smtp_password.clone(),
+            engine.encode(&smtp_password),
+            engine.encode(format!("\0{user}\0{smtp_password}")),
+        ] {
+            assert!(
+                !logs.contains(&leak),
+                "{tag}: the SMTP password reached the logs"
+            );
+        }
+    }
+    assert!(
+        all_logs.contains("the SMTP relay"),
+        "relay failures were logged"
+    );
+    assert!(
+        !all_logs.contains("BODYMARK"),
+        "a message body reached the logs"
+    );
+    assert!(
+        !all_logs.contains("SUBJECTMARK"),
+        "a subject reached the logs"
+    );
+}
