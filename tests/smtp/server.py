@@ -7,9 +7,12 @@ Each accepted message is written to OUTBOX_DIR/<n>.json as
 {"mail_from", "rcpt_tos", "data_b64"} (written to a temporary name, then
 renamed, so a reader never sees half a file); with --sink nothing is kept
 (benchmarks). Recipients steer failures: a local part starting with
-"tempfail" is answered 451, one starting with "reject" 550. Wrong
-credentials get 535. "ready" is printed once the server listens.
+"tempfail" is answered 451, one starting with "reject" 550, and a message to
+one starting with "slow" is kept but answered only after 3 s. Wrong credentials get a
+535 that echoes them back, as a careless relay might (a client must not log
+replies). "ready" is printed once the server listens.
 """
+import asyncio
 import base64
 import itertools
 import json
@@ -35,7 +38,12 @@ def main() -> None:
             and auth_data.login == user.encode()
             and auth_data.password == password.encode()
         )
-        return AuthResult(success=ok, handled=False)
+        if ok:
+            return AuthResult(success=True, handled=False)
+        echoed = ""
+        if isinstance(auth_data, LoginPassword):
+            echoed = (auth_data.login + b":" + auth_data.password).decode("utf-8", "replace")
+        return AuthResult(success=False, handled=False, message=f"535 5.7.8 Authentication failed for {echoed}")
 
     class Handler:
         async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -60,6 +68,9 @@ def main() -> None:
                 with open(tmp, "w") as f:
                     json.dump(record, f)
                 os.rename(tmp, os.path.join(outbox, f"{n}.json"))
+            # Kept, then slow to say so (a relay scanning what it queued).
+            if any(r.split("@", 1)[0].lower().startswith("slow") for r in envelope.rcpt_tos):
+                await asyncio.sleep(3)
             return "250 2.0.0 Message accepted"
 
     controller = Controller(

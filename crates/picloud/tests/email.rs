@@ -564,3 +564,55 @@ async fn an_idempotency_key_sends_once_also_when_sends_race(pool: PgPool) {
     assert!(ok.is_string(), "{ok}");
     assert_eq!(received(&mark).len(), 3);
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_send_that_times_out_keeps_its_key_and_counts_against_the_cap(pool: PgPool) {
+    let s = smtp();
+    let mut config = config_with(email_config(s.port, &s.password));
+    // The relay answers a message to slow-* after 3 s; the send gives up at 1 s.
+    config.limits.sdk_timeout = Duration::from_secs(1);
+    config.email.smtp.as_mut().unwrap().timeout = Duration::from_secs(1);
+    let t = TestApp::with_config(pool, config).await;
+    let app = t.create_app("mailer").await;
+    let (status, _) = t
+        .admin(
+            Method::PUT,
+            &format!("/api/v1/admin/apps/{app}/email-policy"),
+            Some(json!({"recipients": "unrestricted", "daily_cap": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mark = token();
+    let send = format!(
+        r#"email::send(#{{to: "slow-{mark}@example.com", subject: "{mark}", text: "x", idempotency_key: "k-{mark}"}})"#
+    );
+    let first = run(&t, &app, &catching(&send)).await;
+    assert_eq!(first["kind"], "transient", "{first}");
+    assert!(
+        first["message"]
+            .as_str()
+            .unwrap()
+            .contains("may still be delivered"),
+        "{first}"
+    );
+    // The same key does not send again: the first send's id comes back.
+    let again = run(&t, &app, &catching(&send)).await;
+    assert!(again["id"].is_string(), "{again}");
+    // The send that may have gone out counts against the cap of 1.
+    let other = run(
+        &t,
+        &app,
+        &catching(r#"email::send(#{to: "ann@example.com", subject: "s", text: "x"})"#),
+    )
+    .await;
+    assert_eq!(other["kind"], "rate_limited_local", "{other}");
+    // The relay does take it, once.
+    let delivered = support::eventually("the slow message", Duration::from_secs(10), || async {
+        let got = received(&mark);
+        (!got.is_empty()).then_some(got.len())
+    })
+    .await;
+    assert_eq!(delivered, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(received(&mark).len(), 1, "sent once");
+}

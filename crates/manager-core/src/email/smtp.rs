@@ -247,11 +247,18 @@ pub fn envelope(email: &RawEmail) -> Result<Envelope, TransportError> {
 
 /// Sorts a lettre error into the kinds of SPEC §7. A 535 is a permanent
 /// reply in SMTP terms but means the credentials are wrong, so it comes first.
-/// The message holds the reply code, never credentials or content; the
-/// relay's own words go to the log.
+/// Neither the message nor the log holds the relay's words.
 pub fn classify(err: &lettre::transport::smtp::Error) -> TransportError {
     let code = err.status().map(u16::from);
-    tracing::warn!(error = %err, code, "the SMTP relay did not take a message");
+    // Never the relay's words: a reply can echo what it was sent (an AUTH
+    // line, recipients). The code and the failure's category say enough.
+    tracing::warn!(
+        code,
+        timeout = err.is_timeout(),
+        tls = err.is_tls(),
+        client = err.is_client(),
+        "the SMTP relay did not take a message"
+    );
     let (failure, message) = match code {
         Some(535) => (
             EmailFailure::AuthFailed,

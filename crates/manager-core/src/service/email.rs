@@ -163,12 +163,14 @@ impl EmailServiceImpl {
                 return Ok(sent);
             }
         }
-        let result = self
+        let (result, maybe_sent) = self
             .send_within_cap(app, &policy, &composed, &*transport)
             .await;
         if let Some(key) = &key {
+            // A send whose outcome is unknown keeps its key: a retry with it
+            // must not deliver the message a second time.
             if let Err(e) =
-                repo::email::settle_key(&self.pool, app, key, &composed.message_id, result.is_ok())
+                repo::email::settle_key(&self.pool, app, key, &composed.message_id, maybe_sent)
                     .await
             {
                 tracing::error!(error = %e, app_id = %app, "settling an idempotency key failed");
@@ -209,39 +211,50 @@ impl EmailServiceImpl {
     }
 
     /// Reserves a send under the daily cap, hands the message to the
-    /// transport, and counts it only if it was taken.
+    /// transport, and counts it if it was taken — or may have been: a relay
+    /// that did not answer in time may still deliver it, so that counts too.
+    /// Returns the outcome and whether the message may have been sent.
     async fn send_within_cap(
         &self,
         app: AppId,
         policy: &EmailPolicy,
         composed: &Composed,
         transport: &dyn EmailTransport,
-    ) -> Result<(), ServiceError> {
+    ) -> (Result<(), ServiceError>, bool) {
         let cap = policy.daily_cap.map_or(i64::MAX, i64::from);
-        let Some(day) = repo::email::reserve_send(&self.pool, app, cap)
-            .await
-            .map_err(database_unavailable)?
-        else {
-            return Err(email_error(
-                EmailFailure::RateLimitedLocal,
-                format!("this app has sent its daily cap of {cap} messages (UTC day)"),
-            ));
+        let day = match repo::email::reserve_send(&self.pool, app, cap).await {
+            Ok(Some(day)) => day,
+            Ok(None) => {
+                return (
+                    Err(email_error(
+                        EmailFailure::RateLimitedLocal,
+                        format!("this app has sent its daily cap of {cap} messages (UTC day)"),
+                    )),
+                    false,
+                )
+            }
+            Err(e) => return (Err(database_unavailable(e)), false),
         };
         let outcome =
             match tokio::time::timeout(self.settings.send_timeout, transport.send(&composed.raw))
                 .await
             {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(email_error(e.failure, e.message)),
-                Err(_) => Err(email_error(
-                    EmailFailure::Transient,
-                    format!(
-                        "the SMTP relay did not take the message within {} ms",
-                        self.settings.send_timeout.as_millis()
-                    ),
-                )),
+                Ok(Ok(())) => (Ok(()), true),
+                Ok(Err(e)) => (Err(email_error(e.failure, e.message)), false),
+                // The connection goes with the dropped send (never reused),
+                // but the relay may have taken the message already.
+                Err(_) => (
+                    Err(email_error(
+                        EmailFailure::Transient,
+                        format!(
+                            "the SMTP relay did not answer within {} ms; the message may still be delivered (a retry with the same idempotency_key will not send it again)",
+                            self.settings.send_timeout.as_millis()
+                        ),
+                    )),
+                    true,
+                ),
             };
-        if let Err(e) = repo::email::settle_send(&self.pool, app, day, outcome.is_ok()).await {
+        if let Err(e) = repo::email::settle_send(&self.pool, app, day, outcome.1).await {
             tracing::error!(error = %e, app_id = %app, "settling a send under the daily cap failed");
         }
         outcome
