@@ -616,3 +616,30 @@ async fn a_send_that_times_out_keeps_its_key_and_counts_against_the_cap(pool: Pg
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(received(&mark).len(), 1, "sent once");
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_send_its_script_stopped_waiting_for_is_still_settled(pool: PgPool) {
+    let s = smtp();
+    let mut config = config_with(email_config(s.port, &s.password));
+    // The run's deadline (1 s) passes while the relay takes 3 s to answer.
+    config.limits.timeout = Duration::from_secs(1);
+    let t = TestApp::with_config(pool, config).await;
+    let app = t.create_app("mailer").await;
+    let mark = token();
+    let send = format!(
+        r#"email::send(#{{to: "slow-{mark}@example.com", subject: "{mark}", text: "x", idempotency_key: "k-{mark}"}}).id"#
+    );
+    t.create_script(&app, "send", &send, false).await;
+    let (status, out) = t.invoke(&app, "send", json!(null)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{out}");
+    assert_eq!(out["error"]["code"], "script_limit", "{out}");
+    // The send went on without its script and settled its key: the same key
+    // answers the first send's id without sending again.
+    let id = support::eventually("the key settled", Duration::from_secs(15), || async {
+        let (status, out) = t.invoke(&app, "send", json!(null)).await;
+        (status == StatusCode::OK).then_some(out)
+    })
+    .await;
+    assert!(id.as_str().unwrap().starts_with('<'), "{id}");
+    assert_eq!(received(&mark).len(), 1, "sent once");
+}
