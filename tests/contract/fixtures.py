@@ -74,6 +74,14 @@ def main():
         {"kind": "kv", "script_id": kept_script, "config": {"collection": "contract"}},
     )["id"]
 
+    # Unsigned, so the inbound endpoint accepts what the schema allows.
+    inbox_trigger = call(
+        base,
+        "POST",
+        f"/api/v1/admin/apps/{kept}/triggers",
+        {"kind": "email", "script_id": kept_script},
+    )["id"]
+
     container = call(base, "POST", "/api/v1/admin/apps", {"name": "contract-container"})["id"]
     doomed_scripts = [
         call(base, "POST", f"/api/v1/admin/apps/{container}/scripts", {"name": f"doomed{i}", "source": "1"})["id"]
@@ -108,6 +116,7 @@ def main():
         "edited_script": [edited],
         "kept_script": [kept_script],
         "kept_trigger": [kept_trigger],
+        "inbox_trigger": [inbox_trigger],
         "doomed_triggers": doomed_triggers,
         "kept_dead_letter": [kept_dead_letter],
         "doomed_dead_letters": doomed_dead_letters,

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Starts the test SMTP server (aiosmtpd, installed here into a private venv) on
-# a free port and prints the environment the tests read, as `export` lines:
+# Starts the test SMTP server (aiosmtpd, installed here into a private venv
+# with the other Python test tools: standardwebhooks, the reference signer the
+# inbound email tests use) on a free port and prints the environment the tests
+# read, as `export` lines:
 #   eval "$(tests/smtp/start.sh WORK_DIR)"
 # The server's pid is in WORK_DIR/smtp.pid; its messages go to WORK_DIR/outbox.
 # Fails loudly if it cannot be installed or does not come up.
@@ -9,13 +11,15 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=${1:?usage: $0 WORK_DIR [--sink]}
 shift
 AIOSMTPD_VERSION=1.4.6
-VENV=${XDG_CACHE_HOME:-$HOME/.cache}/picloud/aiosmtpd-$AIOSMTPD_VERSION
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
-  echo "installing aiosmtpd $AIOSMTPD_VERSION into $VENV ..." >&2
+STANDARDWEBHOOKS_VERSION=1.1.0
+VENV=${XDG_CACHE_HOME:-$HOME/.cache}/picloud/test-tools-$AIOSMTPD_VERSION-$STANDARDWEBHOOKS_VERSION
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import aiosmtpd, standardwebhooks' 2>/dev/null; then
+  echo "installing aiosmtpd $AIOSMTPD_VERSION and standardwebhooks $STANDARDWEBHOOKS_VERSION into $VENV ..." >&2
   rm -rf "$VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "aiosmtpd==$AIOSMTPD_VERSION" >&2 \
-    || { echo "FATAL: could not install aiosmtpd from PyPI" >&2; exit 1; }
+  "$VENV/bin/pip" install -q --disable-pip-version-check "aiosmtpd==$AIOSMTPD_VERSION" \
+    "standardwebhooks==$STANDARDWEBHOOKS_VERSION" >&2 \
+    || { echo "FATAL: could not install aiosmtpd and standardwebhooks from PyPI" >&2; exit 1; }
 fi
 mkdir -p "$WORK/outbox"
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -39,3 +43,4 @@ echo "export PICLOUD_TEST_SMTP_PORT=$PORT"
 echo "export PICLOUD_TEST_SMTP_USER=$USER"
 echo "export PICLOUD_TEST_SMTP_PASSWORD=$PASSWORD"
 echo "export PICLOUD_TEST_SMTP_OUTBOX=$WORK/outbox"
+echo "export PICLOUD_TEST_PYTHON=$VENV/bin/python"

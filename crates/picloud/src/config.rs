@@ -57,6 +57,8 @@ pub struct AppConfig {
     pub max_body_buffer_bytes: usize,
     /// Outbound email (disabled unless `PICLOUD_SMTP_*` are set).
     pub email: crate::email_config::EmailConfig,
+    /// Largest inbound email request body (`PICLOUD_INBOUND_MAX_BYTES`).
+    pub inbound_max_bytes: usize,
 }
 
 impl Default for AppConfig {
@@ -78,6 +80,7 @@ impl Default for AppConfig {
             body_timeout: Duration::from_secs(30),
             max_body_buffer_bytes: 256 * 1024 * 1024,
             email: crate::email_config::EmailConfig::default(),
+            inbound_max_bytes: 10 * 1024 * 1024,
         }
     }
 }
@@ -353,6 +356,11 @@ impl Config {
                     1024,
                 )?,
                 email,
+                inbound_max_bytes: parse_num(
+                    "PICLOUD_INBOUND_MAX_BYTES",
+                    app_defaults.inbound_max_bytes,
+                    1024,
+                )?,
             },
         })
     }

@@ -809,7 +809,9 @@ async fn renew_leases(shared: Arc<Shared>) {
     }
 }
 
-/// Samples the outbox depth and fans out dead letters a crash left behind.
+/// Samples the outbox depth, fans out dead letters a crash left behind, and
+/// forgets what is only remembered for a while (chain counts, inbound
+/// deliveries, email idempotency keys).
 async fn housekeeping(shared: Arc<Shared>) {
     loop {
         // One count per app: the depth gauge, and the apps at their
@@ -836,6 +838,13 @@ async fn housekeeping(shared: Arc<Shared>) {
         }
         if let Err(e) = repo::outbox::forget_chains(&shared.pool, CHAIN_MEMORY).await {
             tracing::warn!(error = %e, "forgetting old trigger chains failed; retrying later");
+        }
+        // Inbound deliveries and email idempotency keys are remembered for 24 hours.
+        if let Err(e) = repo::inbound::forget_old_deliveries(&shared.pool).await {
+            tracing::warn!(error = %e, "forgetting old inbound deliveries failed; retrying later");
+        }
+        if let Err(e) = repo::email::forget_old_keys(&shared.pool).await {
+            tracing::warn!(error = %e, "forgetting old email idempotency keys failed; retrying later");
         }
         tokio::time::sleep(HOUSEKEEPING_INTERVAL).await;
     }

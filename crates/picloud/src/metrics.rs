@@ -58,7 +58,22 @@ pub struct Metrics {
     /// `picloud_email_send_total{outcome}`: sends by outcome, `ok` or a failure
     /// kind (caught up with the email service's counters at scrape time).
     email_sends: IntCounterVec,
+    /// `picloud_inbound_requests_total{result}`: inbound email requests by result.
+    inbound_requests: IntCounterVec,
 }
+
+/// The `result` label values of inbound email requests: SPEC §7's, and
+/// `not_found` for an unknown trigger or app.
+pub const INBOUND_RESULTS: [&str; 8] = [
+    "accepted",
+    "duplicate",
+    "unrouted",
+    "unauthorized",
+    "malformed",
+    "too_large",
+    "rate_limited",
+    "not_found",
+];
 
 /// The `outcome` label values of handler runs.
 pub const HANDLER_OUTCOMES: [&str; 3] = ["ok", "error", "limit"];
@@ -164,7 +179,15 @@ impl Metrics {
             "Outbound email sends by outcome (ok or the failure kind)",
             &["outcome"],
         );
-        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+        let inbound_requests = counter_vec(
+            "picloud_inbound_requests_total",
+            "Inbound email requests by result",
+            &["result"],
+        );
+        for result in INBOUND_RESULTS {
+            inbound_requests.with_label_values(&[result]);
+        }
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
             Box::new(script_runs.clone()),
             Box::new(script_run_duration.clone()),
             Box::new(pool_workers.clone()),
@@ -181,6 +204,7 @@ impl Metrics {
             Box::new(budget_drops.clone()),
             Box::new(quota_refusals.clone()),
             Box::new(email_sends.clone()),
+            Box::new(inbound_requests.clone()),
         ];
         for collector in collectors {
             registry
@@ -225,7 +249,13 @@ impl Metrics {
             budget_drops,
             quota_refusals,
             email_sends,
+            inbound_requests,
         }
+    }
+
+    /// Counts one inbound email request by its result (one of [`INBOUND_RESULTS`]).
+    pub fn record_inbound(&self, result: &str) {
+        self.inbound_requests.with_label_values(&[result]).inc();
     }
 
     /// Catches the email send counters up with the email service's counts (at scrape time).

@@ -45,6 +45,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/admin/api-keys"),
     ("delete", "/api/v1/admin/api-keys/{id}"),
     ("post", "/api/v1/apps/{app_id}/invoke/{script_name}"),
+    ("post", "/api/v1/email-inbound/{trigger_id}"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),

@@ -38,12 +38,18 @@ async fn kv_keys(pool: &PgPool, app: &str, collection: &str) -> Vec<String> {
     .unwrap()
 }
 
+/// `Some` when nothing of the app is pending: no outbox row, and no dead
+/// letter still to fan out (its handlers' events are enqueued after it is
+/// stored, by a task of their own).
 async fn outbox_empty(pool: &PgPool, app: &str) -> Option<()> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE app_id = $1::uuid")
-        .bind(app)
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM outbox WHERE app_id = $1::uuid) \
+              + (SELECT count(*) FROM dead_letters WHERE app_id = $1::uuid AND NOT fanned_out)",
+    )
+    .bind(app)
+    .fetch_one(pool)
+    .await
+    .unwrap();
     (n == 0).then_some(())
 }
 

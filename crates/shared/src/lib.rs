@@ -11,6 +11,7 @@ pub mod domain;
 pub mod email;
 pub mod error;
 pub mod ids;
+pub mod inbound;
 pub mod kv;
 pub mod names;
 pub mod pubsub;

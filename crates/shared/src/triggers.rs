@@ -422,14 +422,15 @@ impl CronSchedule {
     }
 }
 
-/// An attachment of an inbound email.
+/// An attachment of an inbound email: its metadata (the content is not kept).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EmailAttachment {
     pub filename: Option<String>,
     pub content_type: String,
+    /// Bytes.
     pub size: u64,
-    /// The content, base64.
-    pub content_base64: String,
+    /// Hex SHA-256 of the content.
+    pub sha256: String,
 }
 
 /// An inbound email, as an `email` trigger's handler sees it.
@@ -446,6 +447,9 @@ pub struct InboundEmail {
     pub attachments: Vec<EmailAttachment>,
     /// The `+tag` of the recipient address, if any.
     pub tag: Option<String>,
+    /// True when `text` or `html` was cut to its limit.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// What a handler receives as `ctx.event` (SPEC §8).

@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod apps;
 pub mod dead_letters;
 pub mod email;
+pub mod inbound;
 pub mod kv;
 pub mod outbox;
 pub mod scripts;

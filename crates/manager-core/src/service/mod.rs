@@ -5,6 +5,7 @@ pub mod apps;
 pub mod dead_letters;
 pub mod email;
 pub mod events;
+pub mod inbound;
 pub mod kv;
 pub mod pubsub;
 pub mod scripts;

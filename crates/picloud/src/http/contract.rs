@@ -136,6 +136,12 @@ const LINKS: &[LinkSpec] = &[
     LinkSpec {
         from: "create_trigger",
         status: "201",
+        to: "receive_for_trigger",
+        parameters: &[("trigger_id", "$response.body#/id")],
+    },
+    LinkSpec {
+        from: "create_trigger",
+        status: "201",
         to: "delete_trigger",
         parameters: TRIGGER_IDS,
     },

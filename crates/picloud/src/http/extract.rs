@@ -4,7 +4,7 @@ use super::{error::ApiError, AppState};
 use axum::{
     body::Bytes,
     extract::{FromRequest, FromRequestParts, Path, RawPathParams, Request},
-    http::{request::Parts, StatusCode},
+    http::request::Parts,
 };
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -42,7 +42,16 @@ pub struct ReadBody {
 ///   none left is a 503, so many half-sent bodies cannot exhaust memory;
 /// - the whole body must arrive within `PICLOUD_HTTP_BODY_TIMEOUT_SECS`, or 408.
 pub async fn read_body(req: Request, state: &AppState) -> Result<ReadBody, ApiError> {
-    let limit = state.config.max_request_bytes;
+    read_body_within(req, state, state.config.max_request_bytes).await
+}
+
+/// [`read_body`] with a limit of its own (the inbound email endpoints take
+/// larger bodies than the API).
+pub async fn read_body_within(
+    req: Request,
+    state: &AppState,
+    limit: usize,
+) -> Result<ReadBody, ApiError> {
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -57,13 +66,17 @@ pub async fn read_body(req: Request, state: &AppState) -> Result<ReadBody, ApiEr
     } else {
         Some(state.body_budget.reserve(reserve)?)
     };
-    let read = Bytes::from_request(req, state);
+    let read =
+        http_body_util::BodyExt::collect(http_body_util::Limited::new(req.into_body(), limit));
     match tokio::time::timeout(state.body_timeout, read).await {
-        Ok(Ok(bytes)) => Ok(ReadBody {
-            bytes,
+        Ok(Ok(collected)) => Ok(ReadBody {
+            bytes: collected.to_bytes(),
             _budget: budget,
         }),
-        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             Err(ApiError::body_too_large(limit))
         }
         Ok(Err(_)) => Err(ApiError::BadRequest(

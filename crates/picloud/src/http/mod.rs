@@ -9,6 +9,7 @@ pub mod auth;
 pub mod contract;
 pub mod error;
 pub mod extract;
+pub mod inbound;
 pub mod invoke;
 pub mod system;
 
@@ -29,6 +30,7 @@ use picloud_manager_core::{
         dead_letters::DeadLettersService,
         email::{EmailServiceImpl, EmailSettings},
         events::EventPolicy,
+        inbound::InboundService,
         kv::KvServiceImpl,
         pubsub::PubsubServiceImpl,
         scripts::ScriptsService,
@@ -58,6 +60,8 @@ pub struct AppState {
     pub dead_letters: DeadLettersService,
     /// Outbound email: policy, caps, idempotency, the relay.
     pub email: EmailServiceImpl,
+    /// Inbound email: signatures, parsing, deduplicated delivery.
+    pub inbound: InboundService,
     /// The trigger-chain depth limit and its drop counter, shared by every event writer.
     pub events: EventPolicy,
     pub executor: Arc<Executor>,
@@ -103,6 +107,7 @@ fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(admin::routes())
         .merge(invoke::routes())
+        .merge(inbound::routes())
         .merge(system::routes())
 }
 
@@ -189,6 +194,7 @@ pub fn build_state(
         keyring.clone(),
         config.secret_max_value_bytes,
     ));
+    let inbound = InboundService::new(pool.clone(), keyring.clone());
     let triggers = TriggersService::new(pool.clone(), keyring, config.public_url.clone())
         .with_max_per_app(config.max_triggers_per_app);
     let email = EmailServiceImpl::new(
@@ -231,6 +237,7 @@ pub fn build_state(
         triggers,
         dead_letters: DeadLettersService::new(pool.clone(), events.clone()),
         email,
+        inbound,
         events,
         executor,
         script_pool,

@@ -1,0 +1,123 @@
+//! `POST /api/v1/email-inbound/{trigger_id}`: inbound email for one email
+//! trigger (SPEC §7). No API key: a signed trigger's requests carry a
+//! signature, an unsigned trigger's URL is its only secret.
+
+use crate::http::{
+    error::{ApiError, ErrorBody},
+    extract::{read_body_within, ApiPath},
+    AppState,
+};
+use axum::{extract::Request, extract::State, http::StatusCode, Json};
+use picloud_manager_core::{
+    service::inbound::{InboundRefusal, Received},
+    ManagerError,
+};
+use picloud_shared::inbound::SignatureHeaders;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+/// The answer to an inbound email: the event it became (or became the first time).
+#[derive(Serialize, ToSchema)]
+pub struct InboundAccepted {
+    pub event_id: i64,
+}
+
+/// The generic JSON shape of an inbound email (SPEC §7); `from` is required.
+/// Documentation only: the body is read by `picloud_shared::inbound`.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct InboundEmailBody {
+    #[schema(min_length = 1, pattern = r"\S")]
+    from: String,
+    to: Option<Vec<String>>,
+    cc: Option<Vec<String>>,
+    subject: Option<String>,
+    text: Option<String>,
+    html: Option<String>,
+    message_id: Option<String>,
+    attachments: Option<Vec<InboundAttachmentBody>>,
+}
+
+/// An attachment: its content (kept as size and SHA-256 only), or that metadata itself.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct InboundAttachmentBody {
+    filename: Option<String>,
+    content_type: Option<String>,
+    /// base64.
+    #[schema(pattern = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
+    content: Option<String>,
+    #[schema(minimum = 0, maximum = 9007199254740991_u64)]
+    size: Option<u64>,
+    sha256: Option<String>,
+}
+
+/// The inbound routes.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(receive_for_trigger))
+}
+
+#[utoipa::path(post, path = "/api/v1/email-inbound/{trigger_id}", tag = "email",
+    params(("trigger_id" = Uuid, Path)), request_body = InboundEmailBody,
+    responses((status = 202, description = "accepted: the email trigger's handler will run", body = InboundAccepted),
+        (status = 200, description = "a duplicate (same `webhook-id` or `message_id` within 24 h): the first delivery's event; nothing enqueued", body = InboundAccepted),
+        (status = 401, description = "`unauthorized`: the trigger is signed and the request's signature is missing, wrong, stale, or cannot be checked", body = ErrorBody),
+        (status = 404, description = "`not_found`: no email trigger with this id", body = ErrorBody)))]
+async fn receive_for_trigger(
+    State(st): State<AppState>,
+    ApiPath(trigger_id): ApiPath<Uuid>,
+    req: Request,
+) -> Result<(StatusCode, Json<InboundAccepted>), ApiError> {
+    let metrics = st.metrics.clone();
+    let result = receive(&st, trigger_id, req).await;
+    metrics.record_inbound(match &result {
+        Ok((StatusCode::ACCEPTED, _)) => "accepted",
+        Ok(_) => "duplicate",
+        Err(ApiError::Unauthorized(_)) => "unauthorized",
+        Err(ApiError::TooLarge { .. }) => "too_large",
+        Err(ApiError::NotFound(_)) => "not_found",
+        Err(_) => "malformed",
+    });
+    result
+}
+
+async fn receive(
+    st: &AppState,
+    trigger_id: Uuid,
+    req: Request,
+) -> Result<(StatusCode, Json<InboundAccepted>), ApiError> {
+    // Unknown ids are answered before the body is read or any crypto runs.
+    if !st
+        .inbound
+        .trigger_exists(trigger_id)
+        .await
+        .map_err(ManagerError::Database)?
+    {
+        return Err(ApiError::NotFound("email trigger"));
+    }
+    let headers = req.headers().clone();
+    let body = read_body_within(req, st, st.config.inbound_max_bytes).await?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let signature = SignatureHeaders {
+        picloud: header("x-picloud-signature"),
+        webhook_id: header("webhook-id"),
+        webhook_timestamp: header("webhook-timestamp"),
+        webhook_signature: header("webhook-signature"),
+    };
+    match st.inbound.receive(trigger_id, &signature, &body.bytes).await {
+        Ok(Received::Accepted(event_id)) => {
+            Ok((StatusCode::ACCEPTED, Json(InboundAccepted { event_id })))
+        }
+        Ok(Received::Duplicate(event_id)) => Ok((StatusCode::OK, Json(InboundAccepted { event_id }))),
+        Err(InboundRefusal::UnknownTrigger) => Err(ApiError::NotFound("email trigger")),
+        Err(InboundRefusal::Unsigned(e)) => Err(ApiError::Unauthorized(e.message())),
+        Err(InboundRefusal::SecretUnreadable) => Err(ApiError::Unauthorized(
+            "the signature cannot be checked (the trigger's secret does not open with the server's keys)",
+        )),
+        Err(InboundRefusal::Malformed(e)) => Err(ApiError::BadRequest(e.0)),
+        Err(InboundRefusal::Database(e)) => Err(ManagerError::Database(e).into()),
+    }
+}

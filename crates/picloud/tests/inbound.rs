@@ -1,0 +1,334 @@
+//! Inbound email to one trigger's URL over real HTTP routing and PostgreSQL:
+//! signatures (by hand and by the Standard Webhooks reference library),
+//! bodies, deduplication, limits, and the handler that runs.
+
+mod support;
+
+use axum::{
+    body::Body,
+    http::{Method, Request, StatusCode},
+};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use picloud_manager_core::MIGRATOR;
+use serde_json::{json, Value};
+use sha2::Sha256;
+use sqlx::PgPool;
+use std::time::Duration;
+use support::{assert_error, eventually, test_config, TestApp};
+
+const SECRET: &str = "inbound-secret-0123456789";
+
+fn inbound(trigger: &str) -> String {
+    format!("/api/v1/email-inbound/{trigger}")
+}
+
+/// Registers an email trigger on a handler that stores what it got.
+async fn email_trigger(t: &TestApp, app: &str, secret: Option<&str>) -> String {
+    let name = format!("on-mail-{}", uuid::Uuid::new_v4().simple());
+    let script = t
+        .create_script(
+            app,
+            &name,
+            r#"kv::set("mail", "last", ctx.event.email)"#,
+            false,
+        )
+        .await;
+    let mut config = json!({});
+    if let Some(secret) = secret {
+        config["inbound_secret"] = json!(secret);
+    }
+    let (status, trigger) = t
+        .admin(
+            Method::POST,
+            &format!("/api/v1/admin/apps/{app}/triggers"),
+            Some(json!({"kind": "email", "script_id": script, "config": config})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{trigger}");
+    assert_eq!(trigger["signed"], secret.is_some());
+    trigger["id"].as_str().unwrap().to_owned()
+}
+
+fn picloud_signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The Standard Webhooks signature of `body`, made by the reference library
+/// (`tests/inbound/sign.py`; `scripts/test.sh` installs it).
+fn reference_signature(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+    let python = std::env::var("PICLOUD_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("PICLOUD_TEST_PYTHON is not set: the inbound tests need the Python tools ./scripts/test.sh installs")
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/inbound/sign.py");
+    let mut child = std::process::Command::new(python)
+        .args([script, secret, id, &timestamp.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the reference signer");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the reference signer failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+async fn post(
+    t: &TestApp,
+    trigger: &str,
+    body: &[u8],
+    headers: &[(&str, String)],
+) -> (StatusCode, Value) {
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(inbound(trigger))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let (status, bytes) = t
+        .send(request.body(Body::from(body.to_vec())).unwrap())
+        .await;
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
+    (status, value)
+}
+
+async fn outbox_count(pool: &PgPool, trigger: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE trigger_id = $1::uuid")
+        .bind(trigger)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_signed_email_runs_its_handler_with_the_email(pool: PgPool) {
+    let r = TestApp::running(pool.clone(), test_config()).await;
+    let t = &r.app;
+    let app = t.create_app("mail").await;
+    let trigger = email_trigger(t, &app, Some(SECRET)).await;
+    let body = br#"{"from":"Ann <ann@example.com>","to":["support+billing@example.org"],
+        "cc":["cat@example.org"],"subject":"Help","text":"It broke.","message_id":"<m1@example.com>",
+        "attachments":[{"filename":"log.txt","content_type":"text/plain","content":"aGVsbG8="}]}"#;
+    let (status, accepted) = post(
+        t,
+        &trigger,
+        body,
+        &[("x-picloud-signature", picloud_signature(SECRET, body))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    assert!(accepted["event_id"].is_i64(), "{accepted}");
+    let email = eventually("the handler", Duration::from_secs(30), || async {
+        sqlx::query_scalar::<_, sqlx::types::Json<Value>>(
+            "SELECT value FROM kv_entries WHERE app_id = $1::uuid AND collection = 'mail' AND key = 'last'",
+        )
+        .bind(&app)
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+        .map(|v| v.0)
+    })
+    .await;
+    assert_eq!(email["from"], "Ann <ann@example.com>");
+    assert_eq!(email["to"], json!(["support+billing@example.org"]));
+    assert_eq!(email["cc"], json!(["cat@example.org"]));
+    assert_eq!(email["subject"], "Help");
+    assert_eq!(email["text"], "It broke.");
+    assert_eq!(email["message_id"], "<m1@example.com>");
+    assert_eq!(email["tag"], "billing");
+    assert!(
+        email["received_at"].as_str().unwrap().ends_with('Z'),
+        "{email}"
+    );
+    assert_eq!(
+        email["attachments"],
+        json!([{"filename": "log.txt", "content_type": "text/plain", "size": 5,
+                "sha256": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"}])
+    );
+    r.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn standard_webhooks_signatures_from_the_reference_library_are_accepted(pool: PgPool) {
+    let t = TestApp::new(pool.clone()).await;
+    let app = t.create_app("mail").await;
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(b"0123456789abcdef0123456789abcdef")
+    );
+    let trigger = email_trigger(&t, &app, Some(&secret)).await;
+    let body = br#"{"from":"ann@example.com","subject":"hi"}"#;
+    let ts = now();
+    let signature = reference_signature(&secret, "msg_1", ts, body);
+    let headers = |id: &str, ts: i64, sig: &str| {
+        vec![
+            ("webhook-id", id.to_owned()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", sig.to_owned()),
+        ]
+    };
+    let (status, first) = post(&t, &trigger, body, &headers("msg_1", ts, &signature)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    // The provider's retry inside the window is a duplicate: the first event, nothing enqueued.
+    let (status, again) = post(&t, &trigger, body, &headers("msg_1", ts, &signature)).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["event_id"], first["event_id"]);
+    assert_eq!(outbox_count(&pool, &trigger).await, 1);
+    // Several signatures, one of them right, pass.
+    let ts2 = now();
+    let right = reference_signature(&secret, "msg_2", ts2, body);
+    let (status, _) = post(
+        &t,
+        &trigger,
+        body,
+        &headers("msg_2", ts2, &format!("v1,d3Jvbmc= {right}")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // Stale, empty, truncated, or signed for another id: 401, nothing enqueued.
+    let stale_ts = now() - 600;
+    let stale = reference_signature(&secret, "msg_3", stale_ts, body);
+    let fresh = reference_signature(&secret, "msg_4", now(), body);
+    for (id, ts, sig) in [
+        ("msg_3", stale_ts, stale.clone()),
+        ("msg_4", now(), "v1,".to_owned()),
+        ("msg_4", now(), fresh[..fresh.len() - 8].to_owned()),
+        ("msg_5", now(), fresh.clone()),
+    ] {
+        let (status, resp) = post(&t, &trigger, body, &headers(id, ts, &sig)).await;
+        assert_error(status, &resp, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    assert_eq!(outbox_count(&pool, &trigger).await, 2);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn unsigned_or_wrongly_signed_requests_are_401_and_enqueue_nothing(pool: PgPool) {
+    let t = TestApp::new(pool.clone()).await;
+    let app = t.create_app("mail").await;
+    let trigger = email_trigger(&t, &app, Some(SECRET)).await;
+    let body = br#"{"from":"ann@example.com"}"#;
+    let good = picloud_signature(SECRET, body);
+    for headers in [
+        vec![],
+        vec![("x-picloud-signature", "sha256=".to_owned())],
+        vec![("x-picloud-signature", good[..good.len() - 2].to_owned())],
+        vec![(
+            "x-picloud-signature",
+            picloud_signature("another-secret-value", body),
+        )],
+        vec![(
+            "x-picloud-signature",
+            picloud_signature(SECRET, b"other body"),
+        )],
+        vec![("webhook-signature", "v1,abc".to_owned())],
+    ] {
+        let (status, resp) = post(&t, &trigger, body, &headers).await;
+        let message = assert_error(status, &resp, StatusCode::UNAUTHORIZED, "unauthorized");
+        assert!(
+            !message.contains(SECRET) && !message.contains("sha256=0"),
+            "{message}"
+        );
+    }
+    assert_eq!(outbox_count(&pool, &trigger).await, 0);
+    // Without a secret any POST is accepted, as the trigger says (signed: false).
+    let open = email_trigger(&t, &app, None).await;
+    let (status, _) = post(&t, &open, body, &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_secret_the_server_cannot_open_fails_closed(pool: PgPool) {
+    let t = TestApp::new(pool.clone()).await;
+    let app = t.create_app("mail").await;
+    let trigger = email_trigger(&t, &app, Some(SECRET)).await;
+    // The same database served with another master key.
+    let other = TestApp::with_keyring(pool.clone(), test_config(), support::test_keyring()).await;
+    let body = br#"{"from":"ann@example.com"}"#;
+    let (status, resp) = post(
+        &other,
+        &trigger,
+        body,
+        &[("x-picloud-signature", picloud_signature(SECRET, body))],
+    )
+    .await;
+    assert_error(status, &resp, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(outbox_count(&pool, &trigger).await, 0);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn copies_arriving_at_once_enqueue_one_event(pool: PgPool) {
+    let t = TestApp::new(pool.clone()).await;
+    let app = t.create_app("mail").await;
+    let trigger = email_trigger(&t, &app, None).await;
+    let body = br#"{"from":"ann@example.com","message_id":"<same@example.com>"}"#;
+    let answers =
+        futures_util::future::join_all((0..6).map(|_| post(&t, &trigger, body, &[]))).await;
+    let accepted = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::ACCEPTED)
+        .count();
+    assert_eq!(accepted, 1, "{answers:?}");
+    assert!(answers.iter().all(
+        |(s, b)| (*s == StatusCode::ACCEPTED || *s == StatusCode::OK)
+            && b["event_id"] == answers[0].1["event_id"]
+    ));
+    assert_eq!(outbox_count(&pool, &trigger).await, 1);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn bad_requests_are_answered_with_their_status(pool: PgPool) {
+    let mut config = test_config();
+    config.inbound_max_bytes = 4096;
+    let t = TestApp::with_config(pool.clone(), config).await;
+    let app = t.create_app("mail").await;
+    let trigger = email_trigger(&t, &app, None).await;
+    for (body, expected) in [
+        (&b"{not json"[..], "not JSON"),
+        (br#"{"to":["a@b.co"]}"#, "from is required"),
+        (br#"{"from":"a@b.co","to":"a@b.co"}"#, "wrong type"),
+    ] {
+        let (status, resp) = post(&t, &trigger, body, &[]).await;
+        let message = assert_error(status, &resp, StatusCode::BAD_REQUEST, "bad_request");
+        assert!(message.contains(expected), "{message}");
+    }
+    let big = format!(r#"{{"from":"a@b.co","text":"{}"}}"#, "x".repeat(5000));
+    let (status, resp) = post(&t, &trigger, big.as_bytes(), &[]).await;
+    assert_error(status, &resp, StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    // Unknown ids, and triggers of another kind, are 404.
+    let (status, resp) = post(&t, &uuid::Uuid::new_v4().to_string(), b"{}", &[]).await;
+    assert_error(status, &resp, StatusCode::NOT_FOUND, "not_found");
+    let script = t.create_script(&app, "cron", "1", false).await;
+    let (_, cron) = t
+        .admin(
+            Method::POST,
+            &format!("/api/v1/admin/apps/{app}/triggers"),
+            Some(json!({"kind": "cron", "script_id": script, "config": {"schedule": "0 3 * * *"}})),
+        )
+        .await;
+    let (status, resp) = post(&t, cron["id"].as_str().unwrap(), b"{}", &[]).await;
+    assert_error(status, &resp, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(outbox_count(&pool, &trigger).await, 0);
+    let (_, metrics) = t.call(Method::GET, "/metrics", None, None).await;
+    let metrics = metrics.as_str().unwrap();
+    for line in [
+        r#"picloud_inbound_requests_total{result="malformed"} 3"#,
+        r#"picloud_inbound_requests_total{result="too_large"} 1"#,
+        r#"picloud_inbound_requests_total{result="not_found"} 2"#,
+        r#"picloud_inbound_requests_total{result="accepted"} 0"#,
+        r#"picloud_inbound_requests_total{result="rate_limited"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing");
+    }
+}

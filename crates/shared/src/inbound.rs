@@ -1,0 +1,424 @@
+//! Inbound email webhooks (SPEC §7): verifying a request's signature and
+//! reading its body into an [`InboundEmail`]. No I/O here: the HTTP layer
+//! hands in the headers, the raw body and the clock.
+
+use crate::triggers::{EmailAttachment, InboundEmail};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// How far a Standard Webhooks timestamp may be from now, in seconds.
+pub const TIMESTAMP_TOLERANCE_SECS: i64 = 300;
+/// Longest text or html body kept whole; a longer one is cut (and flagged).
+pub const MAX_BODY_CHARS: usize = 256 * 1024;
+/// Most attachments listed for one email.
+pub const MAX_ATTACHMENTS: usize = 100;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The signature headers of a request, as sent (absent ones `None`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SignatureHeaders<'a> {
+    /// `X-PiCloud-Signature: sha256=<hex>`.
+    pub picloud: Option<&'a str>,
+    /// Standard Webhooks: `webhook-id`.
+    pub webhook_id: Option<&'a str>,
+    /// Standard Webhooks: `webhook-timestamp` (Unix seconds).
+    pub webhook_timestamp: Option<&'a str>,
+    /// Standard Webhooks: `webhook-signature` (`v1,<base64>`, space-separated).
+    pub webhook_signature: Option<&'a str>,
+}
+
+/// Why a request's signature was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureError {
+    Missing,
+    Malformed,
+    Mismatch,
+    Stale,
+}
+
+impl SignatureError {
+    /// What a client is told: fixed text, never a header value.
+    pub fn message(self) -> &'static str {
+        match self {
+            SignatureError::Missing => {
+                "this endpoint is signed: send X-PiCloud-Signature or the Standard Webhooks headers"
+            }
+            SignatureError::Malformed => "the signature headers are malformed",
+            SignatureError::Mismatch => "the signature does not match",
+            SignatureError::Stale => {
+                "the webhook-timestamp is more than 5 minutes from the server's clock"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for SignatureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for SignatureError {}
+
+/// Checks `body` against `secret` with whichever scheme the request used.
+/// `X-PiCloud-Signature` wins when both are present. Every comparison is
+/// `hmac`'s constant-time check over the full MAC length, so an empty or
+/// truncated signature fails. `now` is Unix seconds.
+pub fn verify_signature(
+    secret: &str,
+    headers: &SignatureHeaders<'_>,
+    body: &[u8],
+    now: i64,
+) -> Result<(), SignatureError> {
+    if let Some(header) = headers.picloud {
+        let hex_mac = header
+            .trim()
+            .strip_prefix("sha256=")
+            .ok_or(SignatureError::Malformed)?;
+        let expected = hex::decode(hex_mac).map_err(|_| SignatureError::Malformed)?;
+        let mut mac = keyed(secret.as_bytes());
+        mac.update(body);
+        return mac
+            .verify_slice(&expected)
+            .map_err(|_| SignatureError::Mismatch);
+    }
+    let Some(signatures) = headers.webhook_signature else {
+        return Err(SignatureError::Missing);
+    };
+    let (Some(id), Some(timestamp)) = (headers.webhook_id, headers.webhook_timestamp) else {
+        return Err(SignatureError::Malformed);
+    };
+    let sent_at: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| SignatureError::Malformed)?;
+    if (now - sent_at).abs() > TIMESTAMP_TOLERANCE_SECS {
+        return Err(SignatureError::Stale);
+    }
+    let key = match secret.strip_prefix("whsec_") {
+        Some(encoded) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| SignatureError::Mismatch)?,
+        None => secret.as_bytes().to_vec(),
+    };
+    let mut mac = keyed(&key);
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.trim().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let mut matched = false;
+    for candidate in signatures.split(' ').filter(|s| !s.is_empty()) {
+        let Some(encoded) = candidate.strip_prefix("v1,") else {
+            continue;
+        };
+        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
+            continue;
+        };
+        // Every candidate is checked, matched or not, so timing says nothing
+        // about which one matched.
+        matched |= mac.clone().verify_slice(&bytes).is_ok();
+    }
+    if matched {
+        Ok(())
+    } else {
+        Err(SignatureError::Mismatch)
+    }
+}
+
+fn keyed(key: &[u8]) -> HmacSha256 {
+    // HMAC takes a key of any length.
+    <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!())
+}
+
+/// Why a body could not be read as an email.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MalformedEmail(pub String);
+
+/// An attachment as the generic JSON shape carries it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonAttachment {
+    filename: Option<String>,
+    content_type: Option<String>,
+    /// The content, base64 (its size and SHA-256 are kept, not the bytes).
+    content: Option<String>,
+    size: Option<u64>,
+    sha256: Option<String>,
+}
+
+/// The generic JSON shape of SPEC §7 (every field but `from` may be absent or null).
+#[derive(Deserialize)]
+struct JsonEmail {
+    from: Option<String>,
+    to: Option<Vec<String>>,
+    cc: Option<Vec<String>>,
+    subject: Option<String>,
+    text: Option<String>,
+    html: Option<String>,
+    message_id: Option<String>,
+    attachments: Option<Vec<JsonAttachment>>,
+}
+
+/// Reads the generic JSON shape `{from, to[], cc[], subject, text, html,
+/// message_id, attachments[]}` (`from` required). Messages name the problem,
+/// never a value.
+pub fn parse_json_email(
+    body: &[u8],
+    received_at: DateTime<Utc>,
+) -> Result<InboundEmail, MalformedEmail> {
+    let parsed: JsonEmail = serde_json::from_slice(body).map_err(|e| {
+        MalformedEmail(format!(
+            "the body is not the JSON email shape ({} at line {}, column {})",
+            match e.classify() {
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof =>
+                    "not JSON",
+                _ => "a field of the wrong type",
+            },
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let from = parsed
+        .from
+        .filter(|f| !f.trim().is_empty())
+        .ok_or_else(|| MalformedEmail("from is required".into()))?;
+    let to = parsed.to.unwrap_or_default();
+    let listed = parsed.attachments.unwrap_or_default();
+    if listed.len() > MAX_ATTACHMENTS {
+        return Err(MalformedEmail(format!(
+            "at most {MAX_ATTACHMENTS} attachments"
+        )));
+    }
+    let mut attachments = Vec::with_capacity(listed.len());
+    for attachment in listed {
+        let (size, sha256) = match attachment.content {
+            Some(content) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(content.as_bytes())
+                    .map_err(|_| MalformedEmail("an attachment's content is not base64".into()))?;
+                (bytes.len() as u64, hex::encode(Sha256::digest(&bytes)))
+            }
+            None => (
+                attachment.size.unwrap_or(0),
+                attachment.sha256.unwrap_or_default(),
+            ),
+        };
+        attachments.push(EmailAttachment {
+            filename: attachment.filename,
+            content_type: attachment
+                .content_type
+                .unwrap_or_else(|| "application/octet-stream".into()),
+            size,
+            sha256,
+        });
+    }
+    let (text, text_cut) = capped(parsed.text);
+    let (html, html_cut) = capped(parsed.html);
+    let tag = to.iter().find_map(|address| plus_tag(address));
+    Ok(InboundEmail {
+        from,
+        to,
+        cc: parsed.cc.unwrap_or_default(),
+        subject: parsed.subject.unwrap_or_default(),
+        text,
+        html,
+        message_id: parsed.message_id,
+        received_at,
+        attachments,
+        tag,
+        truncated: text_cut || html_cut,
+    })
+}
+
+/// `body` cut to [`MAX_BODY_CHARS`], and whether it was.
+fn capped(body: Option<String>) -> (Option<String>, bool) {
+    match body {
+        Some(text) if text.chars().count() > MAX_BODY_CHARS => {
+            (Some(text.chars().take(MAX_BODY_CHARS).collect()), true)
+        }
+        other => (other, false),
+    }
+}
+
+/// The `+tag` of an address's local part (`support+billing@x` → `billing`).
+pub fn plus_tag(address: &str) -> Option<String> {
+    let local = address.rsplit_once('@').map_or(address, |(l, _)| l);
+    let local = local.rsplit_once('<').map_or(local, |(_, l)| l);
+    local
+        .split_once('+')
+        .map(|(_, tag)| tag.to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "a-secret-of-enough-length";
+
+    fn picloud_signature(secret: &[u8], body: &[u8]) -> String {
+        let mut mac = keyed(secret);
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    fn webhook_signature(key: &[u8], id: &str, ts: i64, body: &[u8]) -> String {
+        let mut mac = keyed(key);
+        mac.update(format!("{id}.{ts}.").as_bytes());
+        mac.update(body);
+        format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        )
+    }
+
+    #[test]
+    fn a_picloud_signature_verifies_and_every_other_fails() {
+        let body = br#"{"from":"a@b.co"}"#;
+        let good = picloud_signature(SECRET.as_bytes(), body);
+        fn headers(value: &str) -> SignatureHeaders<'_> {
+            SignatureHeaders {
+                picloud: Some(value),
+                ..SignatureHeaders::default()
+            }
+        }
+        assert_eq!(verify_signature(SECRET, &headers(&good), body, 0), Ok(()));
+        for (value, error) in [
+            ("sha256=", SignatureError::Mismatch),
+            (&good[..good.len() - 1], SignatureError::Malformed),
+            (&good[..good.len() - 2], SignatureError::Mismatch),
+            ("sha1=abcd", SignatureError::Malformed),
+            ("sha256=zz", SignatureError::Malformed),
+        ] {
+            assert_eq!(
+                verify_signature(SECRET, &headers(value), body, 0),
+                Err(error),
+                "{value}"
+            );
+        }
+        assert_eq!(
+            verify_signature("another-secret-entirely", &headers(&good), body, 0),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify_signature(SECRET, &headers(&good), b"tampered", 0),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify_signature(SECRET, &SignatureHeaders::default(), body, 0),
+            Err(SignatureError::Missing)
+        );
+    }
+
+    #[test]
+    fn standard_webhooks_signatures_verify_within_the_window() {
+        let body = br#"{"from":"a@b.co"}"#;
+        let raw_key = b"0123456789abcdef0123";
+        let secret = format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(raw_key)
+        );
+        let now = 1_700_000_000;
+        let good = webhook_signature(raw_key, "msg_1", now, body);
+        let ts = now.to_string();
+        let check = |sig: &str, ts: &str, at: i64| {
+            verify_signature(
+                &secret,
+                &SignatureHeaders {
+                    picloud: None,
+                    webhook_id: Some("msg_1"),
+                    webhook_timestamp: Some(ts),
+                    webhook_signature: Some(sig),
+                },
+                body,
+                at,
+            )
+        };
+        assert_eq!(check(&good, &ts, now), Ok(()));
+        assert_eq!(
+            check(&format!("v1,bm9wZQ== {good}"), &ts, now),
+            Ok(()),
+            "one of several"
+        );
+        assert_eq!(check(&good, &ts, now + 299), Ok(()));
+        assert_eq!(check(&good, &ts, now + 301), Err(SignatureError::Stale));
+        assert_eq!(check(&good, &ts, now - 301), Err(SignatureError::Stale));
+        assert_eq!(
+            check("v1,", &ts, now),
+            Err(SignatureError::Mismatch),
+            "empty"
+        );
+        let truncated = &good[..good.len() - 6];
+        assert_eq!(check(truncated, &ts, now), Err(SignatureError::Mismatch));
+        assert_eq!(check(&good, "soon", now), Err(SignatureError::Malformed));
+        assert_eq!(check("v2,abc", &ts, now), Err(SignatureError::Mismatch));
+        // A secret without the whsec_ prefix is used as it is.
+        let plain = webhook_signature(b"plain-secret", "msg_1", now, body);
+        assert_eq!(
+            verify_signature(
+                "plain-secret",
+                &SignatureHeaders {
+                    picloud: None,
+                    webhook_id: Some("msg_1"),
+                    webhook_timestamp: Some(&ts),
+                    webhook_signature: Some(&plain),
+                },
+                body,
+                now
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_json_shape_needs_a_sender_and_keeps_attachment_metadata() {
+        let at = Utc::now();
+        let email = parse_json_email(
+            br#"{"from":"Ann <ann@example.com>","to":["support+billing@x.io"],"subject":"Hi",
+                "text":"hello","attachments":[{"filename":"a.txt","content_type":"text/plain","content":"aGVsbG8="}]}"#,
+            at,
+        )
+        .unwrap();
+        assert_eq!(email.tag.as_deref(), Some("billing"));
+        assert_eq!(email.received_at, at);
+        assert_eq!(email.attachments[0].size, 5);
+        assert_eq!(
+            email.attachments[0].sha256,
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert!(!email.truncated);
+        for bad in [
+            &b"not json"[..],
+            br#"{"to":["a@b.co"]}"#,
+            br#"{"from":""}"#,
+            br#"{"from":"a@b.co","to":"a@b.co"}"#,
+            br#"{"from":"a@b.co","attachments":[{"content":"%%%"}]}"#,
+        ] {
+            assert!(
+                parse_json_email(bad, at).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Absent and null fields are empty.
+        let sparse = parse_json_email(
+            br#"{"from":"a@b.co","to":null,"cc":null,"subject":null,"attachments":null}"#,
+            at,
+        )
+        .unwrap();
+        assert!(sparse.to.is_empty() && sparse.cc.is_empty() && sparse.subject.is_empty());
+        let long = format!(
+            r#"{{"from":"a@b.co","text":"{}"}}"#,
+            "x".repeat(MAX_BODY_CHARS + 10)
+        );
+        let cut = parse_json_email(long.as_bytes(), at).unwrap();
+        assert!(cut.truncated);
+        assert_eq!(cut.text.unwrap().len(), MAX_BODY_CHARS);
+    }
+}
