@@ -332,3 +332,55 @@ async fn bad_requests_are_answered_with_their_status(pool: PgPool) {
         assert!(metrics.contains(line), "{line} missing");
     }
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn raw_mime_arrives_with_its_attachment_as_metadata(pool: PgPool) {
+    let r = TestApp::running(pool.clone(), test_config()).await;
+    let t = &r.app;
+    let app = t.create_app("mail").await;
+    let trigger = email_trigger(t, &app, Some(SECRET)).await;
+    let raw = b"From: Ann <ann@example.com>\r\nTo: support@example.org\r\nSubject: Logs\r\n\
+Message-ID: <mime1@example.com>\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n\
+--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"x.bin\"\r\n\
+Content-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--b--\r\n";
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(inbound(&trigger))
+        .header("content-type", "message/rfc822")
+        .header("x-picloud-signature", picloud_signature(SECRET, raw));
+    request = request.header("content-length", raw.len());
+    let (status, _) = t
+        .send(request.body(Body::from(raw.to_vec())).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let email = eventually("the handler", Duration::from_secs(30), || async {
+        sqlx::query_scalar::<_, sqlx::types::Json<Value>>(
+            "SELECT value FROM kv_entries WHERE app_id = $1::uuid AND collection = 'mail' AND key = 'last'",
+        )
+        .bind(&app)
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+        .map(|v| v.0)
+    })
+    .await;
+    assert_eq!(email["from"], "Ann <ann@example.com>");
+    assert_eq!(email["subject"], "Logs");
+    assert_eq!(email["message_id"], "<mime1@example.com>");
+    assert_eq!(email["attachments"][0]["filename"], "x.bin");
+    assert_eq!(email["attachments"][0]["size"], 5);
+    // MIME without a sender, or without headers, is 400.
+    for bad in [&b"Subject: anonymous\r\n\r\nhi"[..], b"just some text"] {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(inbound(&trigger))
+            .header("content-type", "message/rfc822")
+            .header("x-picloud-signature", picloud_signature(SECRET, bad))
+            .body(Body::from(bad.to_vec()))
+            .unwrap();
+        let (status, _) = t.send(request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    r.stop().await;
+}

@@ -6,6 +6,7 @@ use crate::triggers::{EmailAttachment, InboundEmail};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
+use mail_parser::{MessageParser, MimeHeaders};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -236,6 +237,82 @@ pub fn parse_json_email(
     })
 }
 
+/// Reads a raw MIME message (`Content-Type: message/rfc822`). One without
+/// headers, or without a `From`, is malformed. Attachments become metadata.
+pub fn parse_mime_email(
+    body: &[u8],
+    received_at: DateTime<Utc>,
+) -> Result<InboundEmail, MalformedEmail> {
+    let message = MessageParser::default()
+        .parse(body)
+        .ok_or_else(|| MalformedEmail("the body is not a MIME message".into()))?;
+    if message.headers().is_empty() {
+        return Err(MalformedEmail("the MIME message has no headers".into()));
+    }
+    let from = message
+        .from()
+        .and_then(|a| a.iter().find_map(mailbox))
+        .ok_or_else(|| MalformedEmail("the MIME message has no From".into()))?;
+    let list = |addresses: Option<&mail_parser::Address<'_>>| -> Vec<String> {
+        addresses
+            .map(|a| a.iter().filter_map(mailbox).collect())
+            .unwrap_or_default()
+    };
+    let to = list(message.to());
+    let cc = list(message.cc());
+    let text = message
+        .text_bodies()
+        .find(|p| p.is_text() && !p.is_text_html())
+        .and_then(|p| p.text_contents())
+        .map(str::to_owned);
+    let html = message
+        .html_bodies()
+        .find(|p| p.is_text_html())
+        .and_then(|p| p.text_contents())
+        .map(str::to_owned);
+    let attachments = message
+        .attachments()
+        .take(MAX_ATTACHMENTS)
+        .map(|part| EmailAttachment {
+            filename: part.attachment_name().map(str::to_owned),
+            content_type: part.content_type().map_or_else(
+                || "application/octet-stream".to_owned(),
+                |ct| match ct.subtype() {
+                    Some(sub) => format!("{}/{}", ct.ctype(), sub),
+                    None => ct.ctype().to_owned(),
+                },
+            ),
+            size: part.contents().len() as u64,
+            sha256: hex::encode(Sha256::digest(part.contents())),
+        })
+        .collect();
+    let (text, text_cut) = capped(text);
+    let (html, html_cut) = capped(html);
+    let tag = to.iter().find_map(|address| plus_tag(address));
+    Ok(InboundEmail {
+        from,
+        to,
+        cc,
+        subject: message.subject().unwrap_or_default().to_owned(),
+        text,
+        html,
+        message_id: message.message_id().map(|id| format!("<{id}>")),
+        received_at,
+        attachments,
+        tag,
+        truncated: text_cut || html_cut,
+    })
+}
+
+/// `Name <address>` or `address`.
+fn mailbox(addr: &mail_parser::Addr<'_>) -> Option<String> {
+    let address = addr.address()?;
+    Some(match addr.name() {
+        Some(name) if !name.is_empty() => format!("{name} <{address}>"),
+        _ => address.to_owned(),
+    })
+}
+
 /// `body` cut to [`MAX_BODY_CHARS`], and whether it was.
 fn capped(body: Option<String>) -> (Option<String>, bool) {
     match body {
@@ -374,6 +451,54 @@ mod tests {
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn raw_mime_is_read_with_attachments_as_metadata() {
+        let at = Utc::now();
+        let raw = b"From: Ann <ann@example.com>\r\n\
+To: support+billing@example.org\r\n\
+Cc: cat@example.org\r\n\
+Subject: Help\r\n\
+Message-ID: <m1@example.com>\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\
+\r\n\
+--b\r\n\
+Content-Type: text/plain\r\n\
+\r\n\
+It broke.\r\n\
+--b\r\n\
+Content-Type: text/plain; name=\"log.txt\"\r\n\
+Content-Disposition: attachment; filename=\"log.txt\"\r\n\
+Content-Transfer-Encoding: base64\r\n\
+\r\n\
+aGVsbG8=\r\n\
+--b--\r\n";
+        let email = parse_mime_email(raw, at).unwrap();
+        assert_eq!(email.from, "Ann <ann@example.com>");
+        assert_eq!(email.to, vec!["support+billing@example.org"]);
+        assert_eq!(email.cc, vec!["cat@example.org"]);
+        assert_eq!(email.subject, "Help");
+        assert_eq!(email.text.as_deref().map(str::trim_end), Some("It broke."));
+        assert_eq!(email.html, None);
+        assert_eq!(email.message_id.as_deref(), Some("<m1@example.com>"));
+        assert_eq!(email.tag.as_deref(), Some("billing"));
+        assert_eq!(email.attachments.len(), 1);
+        assert_eq!(email.attachments[0].filename.as_deref(), Some("log.txt"));
+        assert_eq!(email.attachments[0].content_type, "text/plain");
+        assert_eq!(email.attachments[0].size, 5);
+        for bad in [
+            &b""[..],
+            b"no headers at all",
+            b"Subject: no sender\r\n\r\nbody",
+        ] {
+            assert!(
+                parse_mime_email(bad, at).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@ use chrono::Utc;
 use picloud_shared::{
     crypto::{Aad, Keyring, Sealed},
     inbound::{
-        parse_json_email, verify_signature, MalformedEmail, SignatureError, SignatureHeaders,
+        parse_json_email, parse_mime_email, verify_signature, MalformedEmail, SignatureError,
+        SignatureHeaders,
     },
     triggers::TriggerEvent,
 };
@@ -60,12 +61,15 @@ impl InboundService {
             .is_some())
     }
 
-    /// Checks and delivers one request to trigger `trigger_id`'s endpoint.
+    /// Checks and delivers one request to trigger `trigger_id`'s endpoint;
+    /// `mime` when the body is a raw message (`message/rfc822`), else the
+    /// generic JSON shape.
     pub async fn receive(
         &self,
         trigger_id: Uuid,
         headers: &SignatureHeaders<'_>,
         body: &[u8],
+        mime: bool,
     ) -> Result<Received, InboundRefusal> {
         let target = repo::inbound::email_trigger(&self.pool, trigger_id)
             .await?
@@ -86,7 +90,12 @@ impl InboundService {
             verify_signature(secret, headers, body, Utc::now().timestamp())
                 .map_err(InboundRefusal::Unsigned)?;
         }
-        let email = parse_json_email(body, Utc::now()).map_err(InboundRefusal::Malformed)?;
+        let email = if mime {
+            parse_mime_email(body, Utc::now())
+        } else {
+            parse_json_email(body, Utc::now())
+        }
+        .map_err(InboundRefusal::Malformed)?;
         let dedupe_key = headers
             .webhook_id
             .map(|id| format!("webhook-id:{id}"))

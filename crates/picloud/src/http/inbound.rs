@@ -25,6 +25,7 @@ pub struct InboundAccepted {
 }
 
 /// The generic JSON shape of an inbound email (SPEC §7); `from` is required.
+/// A raw MIME message is accepted too, with `Content-Type: message/rfc822`.
 /// Documentation only: the body is read by `picloud_shared::inbound`.
 #[derive(Deserialize, ToSchema)]
 #[allow(dead_code)]
@@ -99,6 +100,10 @@ async fn receive(
         return Err(ApiError::NotFound("email trigger"));
     }
     let headers = req.headers().clone();
+    let mime = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with("message/rfc822"));
     let body = read_body_within(req, st, st.config.inbound_max_bytes).await?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let signature = SignatureHeaders {
@@ -107,7 +112,7 @@ async fn receive(
         webhook_timestamp: header("webhook-timestamp"),
         webhook_signature: header("webhook-signature"),
     };
-    match st.inbound.receive(trigger_id, &signature, &body.bytes).await {
+    match st.inbound.receive(trigger_id, &signature, &body.bytes, mime).await {
         Ok(Received::Accepted(event_id)) => {
             Ok((StatusCode::ACCEPTED, Json(InboundAccepted { event_id })))
         }
