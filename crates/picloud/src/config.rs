@@ -59,6 +59,8 @@ pub struct AppConfig {
     pub email: crate::email_config::EmailConfig,
     /// Largest inbound email request body (`PICLOUD_INBOUND_MAX_BYTES`).
     pub inbound_max_bytes: usize,
+    /// Requests a minute one inbound URL may send (`PICLOUD_INBOUND_RATE_PER_MIN`).
+    pub inbound_rate_per_min: u32,
 }
 
 impl Default for AppConfig {
@@ -81,6 +83,7 @@ impl Default for AppConfig {
             max_body_buffer_bytes: 256 * 1024 * 1024,
             email: crate::email_config::EmailConfig::default(),
             inbound_max_bytes: 10 * 1024 * 1024,
+            inbound_rate_per_min: 600,
         }
     }
 }
@@ -360,6 +363,11 @@ impl Config {
                     "PICLOUD_INBOUND_MAX_BYTES",
                     app_defaults.inbound_max_bytes,
                     1024,
+                )?,
+                inbound_rate_per_min: parse_num(
+                    "PICLOUD_INBOUND_RATE_PER_MIN",
+                    app_defaults.inbound_rate_per_min,
+                    1,
                 )?,
             },
         })

@@ -384,3 +384,46 @@ Content-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--b--\r\n";
     }
     r.stop().await;
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_url_over_its_rate_is_429_with_retry_after(pool: PgPool) {
+    let mut config = test_config();
+    // 5 a minute, so the burst is 5 too.
+    config.inbound_rate_per_min = 5;
+    let t = TestApp::with_config(pool.clone(), config).await;
+    let app = t.create_app("mail").await;
+    let trigger = email_trigger(&t, &app, None).await;
+    let other = email_trigger(&t, &app, None).await;
+    let body = br#"{"from":"ann@example.com"}"#;
+    for _ in 0..5 {
+        assert_eq!(post(&t, &trigger, body, &[]).await.0, StatusCode::ACCEPTED);
+    }
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(inbound(&trigger))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_vec()))
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(t.router.clone(), request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=12).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        outbox_count(&pool, &trigger).await,
+        5,
+        "nothing enqueued past the rate"
+    );
+    // Another URL has its own rate.
+    assert_eq!(post(&t, &other, body, &[]).await.0, StatusCode::ACCEPTED);
+    let (_, metrics) = t.call(Method::GET, "/metrics", None, None).await;
+    assert!(metrics
+        .as_str()
+        .unwrap()
+        .contains(r#"picloud_inbound_requests_total{result="rate_limited"} 1"#));
+}

@@ -59,6 +59,9 @@ pub enum ApiError {
     /// Every script worker is busy: 503 with `Retry-After`.
     #[error("{0}")]
     Busy(String),
+    /// Over a rate limit: 429 with `Retry-After: retry_after`.
+    #[error("too many requests to this URL; retry after {retry_after} seconds")]
+    RateLimited { retry_after: u64 },
     #[error("internal error")]
     Internal,
 }
@@ -129,6 +132,7 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
             }
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
         }
     }
 
@@ -169,6 +173,12 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        if let ApiError::RateLimited { retry_after } = self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after.max(1)),
             );
         }
         response

@@ -56,6 +56,40 @@ pub struct InboundAttachmentBody {
     sha256: Option<String>,
 }
 
+/// Bursts an inbound URL may send before its per-minute rate applies.
+const INBOUND_BURST: u32 = 100;
+
+/// The per-URL rate limit of the inbound endpoints (`PICLOUD_INBOUND_RATE_PER_MIN`,
+/// bursts of 100), in this process. Keys are only ids of existing triggers
+/// (unknown ones are answered 404 first), so the table stays bounded.
+#[derive(Clone)]
+pub struct InboundLimiter {
+    limiter: std::sync::Arc<governor::DefaultKeyedRateLimiter<Uuid>>,
+}
+
+impl InboundLimiter {
+    /// A limiter allowing `per_minute` requests a minute per URL.
+    pub fn new(per_minute: u32) -> Self {
+        let rate =
+            std::num::NonZeroU32::new(per_minute.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let burst = std::num::NonZeroU32::new(INBOUND_BURST.min(per_minute.max(1)))
+            .unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = governor::Quota::per_minute(rate).allow_burst(burst);
+        Self {
+            limiter: std::sync::Arc::new(governor::RateLimiter::keyed(quota)),
+        }
+    }
+
+    /// `Err(seconds to wait)` when the URL of `key` is over its rate.
+    fn check(&self, key: Uuid) -> Result<(), u64> {
+        use governor::clock::{Clock, DefaultClock};
+        self.limiter.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+        })
+    }
+}
+
 /// The inbound routes.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(receive_for_trigger))
@@ -66,7 +100,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
     responses((status = 202, description = "accepted: the email trigger's handler will run", body = InboundAccepted),
         (status = 200, description = "a duplicate (same `webhook-id` or `message_id` within 24 h): the first delivery's event; nothing enqueued", body = InboundAccepted),
         (status = 401, description = "`unauthorized`: the trigger is signed and the request's signature is missing, wrong, stale, or cannot be checked", body = ErrorBody),
-        (status = 404, description = "`not_found`: no email trigger with this id", body = ErrorBody)))]
+        (status = 404, description = "`not_found`: no email trigger with this id", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: this URL sent more than `PICLOUD_INBOUND_RATE_PER_MIN` requests a minute (bursts of 100); retry after `Retry-After` seconds", body = ErrorBody)))]
 async fn receive_for_trigger(
     State(st): State<AppState>,
     ApiPath(trigger_id): ApiPath<Uuid>,
@@ -79,6 +114,7 @@ async fn receive_for_trigger(
         Ok(_) => "duplicate",
         Err(ApiError::Unauthorized(_)) => "unauthorized",
         Err(ApiError::TooLarge { .. }) => "too_large",
+        Err(ApiError::RateLimited { .. }) => "rate_limited",
         Err(ApiError::NotFound(_)) => "not_found",
         Err(_) => "malformed",
     });
@@ -98,6 +134,9 @@ async fn receive(
         .map_err(ManagerError::Database)?
     {
         return Err(ApiError::NotFound("email trigger"));
+    }
+    if let Err(retry_after) = st.inbound_limiter.check(trigger_id) {
+        return Err(ApiError::RateLimited { retry_after });
     }
     let headers = req.headers().clone();
     let mime = headers

@@ -62,6 +62,8 @@ pub struct AppState {
     pub email: EmailServiceImpl,
     /// Inbound email: signatures, parsing, deduplicated delivery.
     pub inbound: InboundService,
+    /// The per-URL rate limit of the inbound endpoints.
+    pub inbound_limiter: inbound::InboundLimiter,
     /// The trigger-chain depth limit and its drop counter, shared by every event writer.
     pub events: EventPolicy,
     pub executor: Arc<Executor>,
@@ -238,6 +240,7 @@ pub fn build_state(
         dead_letters: DeadLettersService::new(pool.clone(), events.clone()),
         email,
         inbound,
+        inbound_limiter: inbound::InboundLimiter::new(config.inbound_rate_per_min),
         events,
         executor,
         script_pool,
