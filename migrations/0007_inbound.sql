@@ -9,3 +9,13 @@ CREATE TABLE inbound_deliveries (
     PRIMARY KEY (trigger_id, dedupe_key)
 );
 CREATE INDEX inbound_deliveries_by_age ON inbound_deliveries (created_at);
+
+-- An app's inbound secret, for its per-app endpoint (POST /api/v1/apps/{app_id}/email-inbound),
+-- sealed with the associated data `inbound-app:{app_id}`. No row: unsigned.
+CREATE TABLE app_inbound_secrets (
+    app_id      UUID PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
+    key_id      TEXT NOT NULL,
+    nonce       BYTEA NOT NULL,
+    ciphertext  BYTEA NOT NULL,
+    updated_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);

@@ -44,6 +44,15 @@ fn inbound_aad(ids: &[String]) -> Option<Aad<'_>> {
     }
 }
 
+fn inbound_app_aad(ids: &[String]) -> Option<Aad<'_>> {
+    match ids {
+        [app_id] => Some(Aad::InboundApp {
+            app_id: AppId(app_id.parse().ok()?),
+        }),
+        _ => None,
+    }
+}
+
 /// The one list of sealed columns.
 pub static SEALED_COLUMNS: &[SealedColumn] = &[
     SealedColumn {
@@ -62,6 +71,15 @@ pub static SEALED_COLUMNS: &[SealedColumn] = &[
         ciphertext_column: "inbound_ciphertext",
         identity: &["id::text"],
         aad: inbound_aad,
+    },
+    // An app's inbound secret (its per-app inbound endpoint).
+    SealedColumn {
+        table: "app_inbound_secrets",
+        key_id_column: "key_id",
+        nonce_column: "nonce",
+        ciphertext_column: "ciphertext",
+        identity: &["app_id::text"],
+        aad: inbound_app_aad,
     },
 ];
 

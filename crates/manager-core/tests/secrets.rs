@@ -4,6 +4,7 @@ use picloud_manager_core::{
     sealed::{check_keys, rotate, SealedDataError},
     service::{
         apps::AppsService,
+        inbound::InboundService,
         secrets::SecretsServiceImpl,
         triggers::{NewTriggerRequest, TriggersService},
     },
@@ -133,13 +134,25 @@ async fn rotation_reseals_everything_and_resumes_after_interruption(pool: PgPool
     writer.set(b, "only-b", json!("b")).await.unwrap();
     // An email trigger's inbound secret is a sealed column too.
     let inbound = signed_email_trigger(&pool, old_ring_for(&old), a).await;
+    // And an app's inbound secret.
+    InboundService::new(pool.clone(), old_ring_for(&old), "http://x".into())
+        .set_app_secret(a, Some(zeroize::Zeroizing::new(INBOUND_SECRET.to_owned())))
+        .await
+        .unwrap();
 
     let rotating = keyring_of(&new, &[&old]);
     // Interrupted after one batch of 3, as a crash would leave it.
     let partial = rotate(&pool, &rotating, 3, Some(1)).await.unwrap();
     assert!(!partial.complete);
-    assert_eq!(partial.tables, vec![("secrets", 3, 0), ("triggers", 0, 0)]);
-    assert_eq!(partial.remaining, 5 + 1);
+    assert_eq!(
+        partial.tables,
+        vec![
+            ("secrets", 3, 0),
+            ("triggers", 0, 0),
+            ("app_inbound_secrets", 0, 0)
+        ]
+    );
+    assert_eq!(partial.remaining, 5 + 1 + 1);
     // Half way, a server holding both keys reads every value, and the old key alone
     // is no longer enough (the start-up check names the new key).
     let mixed = SecretsServiceImpl::new(pool.clone(), rotating.clone(), 1024);
@@ -159,11 +172,25 @@ async fn rotation_reseals_everything_and_resumes_after_interruption(pool: PgPool
     // Run again: completes, and counts what the first run did.
     let done = rotate(&pool, &rotating, 3, None).await.unwrap();
     assert!(done.complete);
-    assert_eq!(done.tables, vec![("secrets", 5, 3), ("triggers", 1, 0)]);
+    assert_eq!(
+        done.tables,
+        vec![
+            ("secrets", 5, 3),
+            ("triggers", 1, 0),
+            ("app_inbound_secrets", 1, 0)
+        ]
+    );
     assert_eq!(done.remaining, 0);
     // Idempotent.
     let again = rotate(&pool, &rotating, 3, None).await.unwrap();
-    assert_eq!(again.tables, vec![("secrets", 0, 8), ("triggers", 0, 1)]);
+    assert_eq!(
+        again.tables,
+        vec![
+            ("secrets", 0, 8),
+            ("triggers", 0, 1),
+            ("app_inbound_secrets", 0, 1)
+        ]
+    );
 
     // The old key can now be dropped: every secret still reads.
     let new_only = keyring_of(&new, &[]);
@@ -186,6 +213,24 @@ async fn rotation_reseals_everything_and_resumes_after_interruption(pool: PgPool
             .map(String::as_str),
         Some(INBOUND_SECRET)
     );
+    let stored = picloud_manager_core::repo::inbound::app_secret(&pool, a.0)
+        .await
+        .unwrap()
+        .flatten()
+        .expect("the app's sealed secret");
+    let sealed = picloud_shared::crypto::Sealed::from_stored(
+        &stored.key_id,
+        &stored.nonce,
+        stored.ciphertext,
+    )
+    .unwrap();
+    let opened = keyring_of(&new, &[])
+        .open(
+            &sealed,
+            &picloud_shared::crypto::Aad::InboundApp { app_id: a },
+        )
+        .unwrap();
+    assert_eq!(&opened[..], INBOUND_SECRET.as_bytes());
 }
 
 const INBOUND_SECRET: &str = "inbound-secret-0123456789";

@@ -327,6 +327,12 @@ async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
                     None,
                     StatusCode::OK,
                 ),
+                (
+                    Method::GET,
+                    format!("/api/v1/admin/apps/{app}/email-inbound"),
+                    None,
+                    StatusCode::OK,
+                ),
             ],
             Scope::AppWrite => vec![
                 (
@@ -371,6 +377,12 @@ async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
                     Method::PUT,
                     format!("/api/v1/admin/apps/{app}/email-policy"),
                     Some(json!({"recipients": ["@example.com"], "daily_cap": 10})),
+                    StatusCode::OK,
+                ),
+                (
+                    Method::PUT,
+                    format!("/api/v1/admin/apps/{app}/email-inbound"),
+                    Some(json!({"secret": "a-secret-of-sixteen+"})),
                     StatusCode::OK,
                 ),
             ],

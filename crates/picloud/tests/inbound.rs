@@ -427,3 +427,138 @@ async fn a_url_over_its_rate_is_429_with_retry_after(pool: PgPool) {
         .unwrap()
         .contains(r#"picloud_inbound_requests_total{result="rate_limited"} 1"#));
 }
+
+/// An email trigger of `app` with `recipient_filter`, whose handler stores
+/// the email under its own name.
+async fn routed_trigger(t: &TestApp, app: &str, name: &str, filter: Option<&str>) -> String {
+    let source = format!(r#"kv::set("routed", "{name}", ctx.event.email)"#);
+    let script = t.create_script(app, name, &source, false).await;
+    let config = match filter {
+        Some(filter) => json!({"recipient_filter": filter}),
+        None => json!({}),
+    };
+    let (status, trigger) = t
+        .admin(
+            Method::POST,
+            &format!("/api/v1/admin/apps/{app}/triggers"),
+            Some(json!({"kind": "email", "script_id": script, "config": config})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{trigger}");
+    trigger["id"].as_str().unwrap().to_owned()
+}
+
+async fn post_to_app(
+    t: &TestApp,
+    app: &str,
+    body: &[u8],
+    headers: &[(&str, String)],
+) -> (StatusCode, Value) {
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/api/v1/apps/{app}/email-inbound"))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let (status, bytes) = t
+        .send(request.body(Body::from(body.to_vec())).unwrap())
+        .await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_app_endpoint_routes_by_recipient_and_passes_the_tag(pool: PgPool) {
+    let r = TestApp::running(pool.clone(), test_config()).await;
+    let t = &r.app;
+    let app = t.create_app("mail").await;
+    let support = routed_trigger(t, &app, "support", Some("support")).await;
+    routed_trigger(t, &app, "orders", Some("or-0x*")).await;
+    routed_trigger(t, &app, "other-domain", Some("@elsewhere.io")).await;
+    // The endpoint is signed with the app's secret.
+    let endpoint = format!("/api/v1/admin/apps/{app}/email-inbound");
+    let (status, unsigned) = t.admin(Method::GET, &endpoint, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(unsigned["signed"], false);
+    assert!(unsigned["inbound_url"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/api/v1/apps/{app}/email-inbound")));
+    let (status, signed) = t
+        .admin(Method::PUT, &endpoint, Some(json!({"secret": SECRET})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{signed}");
+    assert_eq!(signed["signed"], true);
+    assert!(!signed.to_string().contains(SECRET), "write-only");
+
+    let body =
+        br#"{"from":"ann@example.com","to":["Support+Billing@example.org"],"subject":"invoice"}"#;
+    let (status, resp) = post_to_app(t, &app, body, &[]).await;
+    assert_error(status, &resp, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (status, routed) = post_to_app(
+        t,
+        &app,
+        body,
+        &[("x-picloud-signature", picloud_signature(SECRET, body))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{routed}");
+    assert_eq!(
+        routed["event_ids"].as_array().unwrap().len(),
+        1,
+        "only support"
+    );
+    let email = eventually("the support handler", Duration::from_secs(30), || async {
+        sqlx::query_scalar::<_, sqlx::types::Json<Value>>(
+            "SELECT value FROM kv_entries WHERE app_id = $1::uuid AND collection = 'routed' AND key = 'support'",
+        )
+        .bind(&app)
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+        .map(|v| v.0)
+    })
+    .await;
+    assert_eq!(email["tag"], "billing");
+    assert_eq!(outbox_count(&pool, &support).await, 0);
+
+    // No trigger matches: 202 with no events, counted as unrouted.
+    let nobody = br#"{"from":"ann@example.com","to":["sales@example.org"]}"#;
+    let (status, routed) = post_to_app(
+        t,
+        &app,
+        nobody,
+        &[("x-picloud-signature", picloud_signature(SECRET, nobody))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(routed, json!({"event_ids": []}));
+    let (_, metrics) = t.call(Method::GET, "/metrics", None, None).await;
+    assert!(metrics
+        .as_str()
+        .unwrap()
+        .contains(r#"picloud_inbound_requests_total{result="unrouted"} 1"#));
+    // Unknown apps are 404; a bad secret is 422 and changes nothing.
+    let (status, resp) = post_to_app(t, &uuid::Uuid::new_v4().to_string(), body, &[]).await;
+    assert_error(status, &resp, StatusCode::NOT_FOUND, "not_found");
+    let (status, resp) = t
+        .admin(Method::PUT, &endpoint, Some(json!({"secret": "short"})))
+        .await;
+    assert_error(
+        status,
+        &resp,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+    );
+    let (_, still) = t.admin(Method::GET, &endpoint, None).await;
+    assert_eq!(still["signed"], true);
+    // null makes it unsigned again.
+    let (_, open) = t
+        .admin(Method::PUT, &endpoint, Some(json!({"secret": null})))
+        .await;
+    assert_eq!(open["signed"], false);
+    r.stop().await;
+}

@@ -114,11 +114,15 @@ pub enum Capability {
     EmailPolicyWrite,
     /// See which relay outbound email goes through (never its password).
     EmailStatusRead,
+    /// See an app's inbound email endpoint.
+    EmailInboundRead,
+    /// Set an app's inbound email secret.
+    EmailInboundWrite,
 }
 
 impl Capability {
     /// Every capability, for tests and tables that must cover them all.
-    pub const ALL: [Capability; 16] = [
+    pub const ALL: [Capability; 18] = [
         Capability::AppsRead,
         Capability::AppsWrite,
         Capability::ScriptsRead,
@@ -135,6 +139,8 @@ impl Capability {
         Capability::EmailPolicyRead,
         Capability::EmailPolicyWrite,
         Capability::EmailStatusRead,
+        Capability::EmailInboundRead,
+        Capability::EmailInboundWrite,
     ];
 
     /// The one capability → scope table.
@@ -156,6 +162,8 @@ impl Capability {
             Capability::EmailPolicyRead => Scope::AppRead,
             Capability::EmailPolicyWrite => Scope::AppWrite,
             Capability::EmailStatusRead => Scope::AppRead,
+            Capability::EmailInboundRead => Scope::AppRead,
+            Capability::EmailInboundWrite => Scope::AppWrite,
         }
     }
 }

@@ -10,6 +10,15 @@ use mail_parser::{MessageParser, MimeHeaders};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+/// An app's inbound endpoint, as the admin API shows it (the secret never).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct AppInbound {
+    /// Where a provider posts the app's email.
+    pub inbound_url: String,
+    /// True when requests must be signed with the app's secret.
+    pub signed: bool,
+}
+
 /// How far a Standard Webhooks timestamp may be from now, in seconds.
 pub const TIMESTAMP_TOLERANCE_SECS: i64 = 300;
 /// Longest text or html body kept whole; a longer one is cut (and flagged).
@@ -323,6 +332,49 @@ fn capped(body: Option<String>) -> (Option<String>, bool) {
     }
 }
 
+/// Whether `address` (`addr` or `Name <addr>`) matches a trigger's
+/// `recipient_filter`: a local part with `*` wildcards (`support`, `or-0x*`)
+/// or `@domain`, compared without case and without the address's `+tag`.
+/// `None` when it does not match; `Some(tag)` (the tag, if any) when it does.
+pub fn recipient_matches(filter: &str, address: &str) -> Option<Option<String>> {
+    let address = address
+        .rsplit_once('<')
+        .map_or(address, |(_, a)| a.trim_end_matches('>'))
+        .trim()
+        .to_ascii_lowercase();
+    let (local, domain) = address.rsplit_once('@')?;
+    let (base, tag) = match local.split_once('+') {
+        Some((base, tag)) => (base, Some(tag.to_owned()).filter(|t| !t.is_empty())),
+        None => (local, None),
+    };
+    let filter = filter.trim().to_ascii_lowercase();
+    let matched = match filter.strip_prefix('@') {
+        Some(wanted) => domain == wanted,
+        None => glob(&filter, base),
+    };
+    matched.then_some(tag)
+}
+
+/// `*` matches any run of characters; everything else itself.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let pieces: Vec<&str> = parts.collect();
+    let Some((last, middle)) = pieces.split_last() else {
+        return rest.is_empty();
+    };
+    for piece in middle {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
 /// The `+tag` of an address's local part (`support+billing@x` → `billing`).
 pub fn plus_tag(address: &str) -> Option<String> {
     let local = address.rsplit_once('@').map_or(address, |(l, _)| l);
@@ -451,6 +503,30 @@ mod tests {
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn recipient_filters_match_local_parts_with_wildcards_or_domains() {
+        let tag = |t: &str| Some(Some(t.to_owned()));
+        assert_eq!(recipient_matches("support", "support@x.io"), Some(None));
+        assert_eq!(
+            recipient_matches("support", "Support+Billing@x.io"),
+            tag("billing")
+        );
+        assert_eq!(
+            recipient_matches("support", "Ann <support+b@x.io>"),
+            tag("b")
+        );
+        assert_eq!(recipient_matches("support", "sales@x.io"), None);
+        assert_eq!(recipient_matches("support", "supportx@x.io"), None);
+        assert_eq!(recipient_matches("or-0x*", "or-0x1f@x.io"), Some(None));
+        assert_eq!(recipient_matches("or-0x*", "or-1x@x.io"), None);
+        assert_eq!(recipient_matches("*-team", "dev-team@x.io"), Some(None));
+        assert_eq!(recipient_matches("a*b*c", "axxbyyc@x.io"), Some(None));
+        assert_eq!(recipient_matches("a*b*c", "axxbyy@x.io"), None);
+        assert_eq!(recipient_matches("@x.io", "anyone+t@X.IO"), tag("t"));
+        assert_eq!(recipient_matches("@x.io", "anyone@y.io"), None);
+        assert_eq!(recipient_matches("support", "not-an-address"), None);
     }
 
     #[test]

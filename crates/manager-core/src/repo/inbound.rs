@@ -130,3 +130,74 @@ pub async fn forget_old_deliveries(db: impl sqlx::PgExecutor<'_>) -> Result<u64,
     .await?;
     Ok(done.rows_affected())
 }
+
+/// The sealed inbound secret of `app`: `Ok(None)` when the app has none,
+/// `Err` on a database failure; the outer `Option` is whether the app exists.
+pub async fn app_secret(
+    db: impl sqlx::PgExecutor<'_>,
+    app: Uuid,
+) -> Result<Option<Option<SealedInbound>>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT s.key_id, s.nonce, s.ciphertext FROM apps a \
+         LEFT JOIN app_inbound_secrets s ON s.app_id = a.id WHERE a.id = $1",
+    )
+    .bind(app)
+    .fetch_optional(db)
+    .await?;
+    row.map(|row| {
+        let key_id: Option<String> = row.try_get("key_id")?;
+        Ok(match key_id {
+            Some(key_id) => Some(SealedInbound {
+                key_id,
+                nonce: row.try_get("nonce")?,
+                ciphertext: row.try_get("ciphertext")?,
+            }),
+            None => None,
+        })
+    })
+    .transpose()
+}
+
+/// Stores (or with `None`, removes) the app's sealed inbound secret.
+pub async fn set_app_secret(
+    db: impl sqlx::PgExecutor<'_>,
+    app: Uuid,
+    sealed: Option<&picloud_shared::crypto::Sealed>,
+) -> Result<(), sqlx::Error> {
+    match sealed {
+        Some(sealed) => {
+            sqlx::query(
+                "INSERT INTO app_inbound_secrets (app_id, key_id, nonce, ciphertext) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (app_id) DO UPDATE SET key_id = EXCLUDED.key_id, nonce = EXCLUDED.nonce, \
+                     ciphertext = EXCLUDED.ciphertext, updated_at = now()",
+            )
+            .bind(app)
+            .bind(sealed.key_id.to_hex())
+            .bind(sealed.nonce.to_vec())
+            .bind(sealed.ciphertext.clone())
+            .execute(db)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM app_inbound_secrets WHERE app_id = $1")
+                .bind(app)
+                .execute(db)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The app's email triggers: `(id, recipient_filter)`.
+pub async fn app_email_triggers(
+    db: impl sqlx::PgExecutor<'_>,
+    app: Uuid,
+) -> Result<Vec<(Uuid, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, config->>'recipient_filter' FROM triggers \
+         WHERE app_id = $1 AND kind = 'email' ORDER BY created_at, id",
+    )
+    .bind(app)
+    .fetch_all(db)
+    .await
+}

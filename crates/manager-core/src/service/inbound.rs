@@ -2,19 +2,24 @@
 //! checked against the trigger's secret, read as an email, and delivered
 //! once (deduplicated by `webhook-id` or `message_id` for 24 hours).
 
-use crate::repo::{self, inbound::Delivery};
+use crate::{
+    error::ManagerError,
+    repo::{self, inbound::Delivery, triggers::SealedInbound},
+};
 use chrono::Utc;
 use picloud_shared::{
     crypto::{Aad, Keyring, Sealed},
+    ids::AppId,
     inbound::{
-        parse_json_email, parse_mime_email, verify_signature, MalformedEmail, SignatureError,
-        SignatureHeaders,
+        parse_json_email, parse_mime_email, recipient_matches, verify_signature, AppInbound,
+        MalformedEmail, SignatureError, SignatureHeaders,
     },
-    triggers::TriggerEvent,
+    triggers::{InboundEmail, TriggerEvent},
 };
 use sqlx::PgPool;
 use std::sync::Arc;
 use uuid::Uuid;
+use zeroize::Zeroizing;
 
 /// An accepted email.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +33,7 @@ pub enum Received {
 /// Why a request was not accepted; each maps to one status and one metric result.
 #[derive(Debug, thiserror::Error)]
 pub enum InboundRefusal {
+    /// No email trigger with this id (or, for the per-app endpoint, no such app).
     #[error("no email trigger with this id")]
     UnknownTrigger,
     #[error("{0}")]
@@ -46,12 +52,18 @@ pub enum InboundRefusal {
 pub struct InboundService {
     pool: PgPool,
     keyring: Arc<Keyring>,
+    /// The server's public base URL, for `inbound_url`.
+    public_url: String,
 }
 
 impl InboundService {
     /// A service over `pool`, opening inbound secrets with `keyring`.
-    pub fn new(pool: PgPool, keyring: Arc<Keyring>) -> Self {
-        Self { pool, keyring }
+    pub fn new(pool: PgPool, keyring: Arc<Keyring>, public_url: String) -> Self {
+        Self {
+            pool,
+            keyring,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+        }
     }
 
     /// True when `trigger_id` names an email trigger (checked before a body is read).
@@ -59,6 +71,11 @@ impl InboundService {
         Ok(repo::inbound::email_trigger(&self.pool, trigger_id)
             .await?
             .is_some())
+    }
+
+    /// True when `app` exists (checked before a body is read).
+    pub async fn app_exists(&self, app: Uuid) -> Result<bool, sqlx::Error> {
+        Ok(repo::inbound::app_secret(&self.pool, app).await?.is_some())
     }
 
     /// Checks and delivers one request to trigger `trigger_id`'s endpoint;
@@ -74,28 +91,151 @@ impl InboundService {
         let target = repo::inbound::email_trigger(&self.pool, trigger_id)
             .await?
             .ok_or(InboundRefusal::UnknownTrigger)?;
-        if let Some(stored) = &target.secret {
-            let sealed =
-                Sealed::from_stored(&stored.key_id, &stored.nonce, stored.ciphertext.clone())
-                    .map_err(|_| InboundRefusal::SecretUnreadable)?;
-            let secret = self
-                .keyring
-                .open(&sealed, &Aad::Inbound { trigger_id })
-                .map_err(|_| {
-                    tracing::error!(trigger_id = %trigger_id, "an inbound secret does not open with the configured keys; refusing its requests");
-                    InboundRefusal::SecretUnreadable
-                })?;
-            let secret =
-                std::str::from_utf8(&secret).map_err(|_| InboundRefusal::SecretUnreadable)?;
-            verify_signature(secret, headers, body, Utc::now().timestamp())
-                .map_err(InboundRefusal::Unsigned)?;
+        self.check_signature(
+            target.secret.as_ref(),
+            &Aad::Inbound { trigger_id },
+            headers,
+            body,
+        )?;
+        let email = parse(body, mime)?;
+        self.deliver(trigger_id, headers, email).await
+    }
+
+    /// Checks one request to the app's endpoint and delivers it to every email
+    /// trigger of the app whose `recipient_filter` matches an address in `to`
+    /// or `cc` (a trigger without a filter gets every email), each with the
+    /// `+tag` of the address it matched. No match: an empty list.
+    pub async fn receive_for_app(
+        &self,
+        app: Uuid,
+        headers: &SignatureHeaders<'_>,
+        body: &[u8],
+        mime: bool,
+    ) -> Result<Vec<Received>, InboundRefusal> {
+        let secret = repo::inbound::app_secret(&self.pool, app)
+            .await?
+            .ok_or(InboundRefusal::UnknownTrigger)?;
+        self.check_signature(
+            secret.as_ref(),
+            &Aad::InboundApp { app_id: AppId(app) },
+            headers,
+            body,
+        )?;
+        let email = parse(body, mime)?;
+        let mut received = Vec::new();
+        for (trigger_id, filter) in repo::inbound::app_email_triggers(&self.pool, app).await? {
+            let tag = match filter.as_deref() {
+                None => Some(email.tag.clone()),
+                Some(filter) => email
+                    .to
+                    .iter()
+                    .chain(&email.cc)
+                    .find_map(|address| recipient_matches(filter, address)),
+            };
+            let Some(tag) = tag else { continue };
+            let mut routed = email.clone();
+            routed.tag = tag;
+            match self.deliver(trigger_id, headers, routed).await {
+                Ok(one) => received.push(one),
+                // Deleted since it was listed.
+                Err(InboundRefusal::UnknownTrigger) => {}
+                Err(e) => return Err(e),
+            }
         }
-        let email = if mime {
-            parse_mime_email(body, Utc::now())
-        } else {
-            parse_json_email(body, Utc::now())
+        Ok(received)
+    }
+
+    /// The app's inbound endpoint.
+    pub async fn app_endpoint(&self, app: AppId) -> Result<AppInbound, ManagerError> {
+        let secret = repo::inbound::app_secret(&self.pool, app.0)
+            .await?
+            .ok_or(ManagerError::NotFound("app"))?;
+        Ok(self.app_inbound(app, secret.is_some()))
+    }
+
+    /// Sets the app's inbound secret (16-256 characters, no control
+    /// characters), or with `None` makes its endpoint unsigned.
+    pub async fn set_app_secret(
+        &self,
+        app: AppId,
+        secret: Option<Zeroizing<String>>,
+    ) -> Result<AppInbound, ManagerError> {
+        if repo::inbound::app_secret(&self.pool, app.0)
+            .await?
+            .is_none()
+        {
+            return Err(ManagerError::NotFound("app"));
         }
-        .map_err(InboundRefusal::Malformed)?;
+        let sealed = match &secret {
+            Some(secret) => {
+                if !(16..=256).contains(&secret.chars().count())
+                    || secret.chars().any(char::is_control)
+                {
+                    return Err(ManagerError::Validation(
+                        "secret must be 16-256 characters without control characters".into(),
+                    ));
+                }
+                Some(
+                    self.keyring
+                        .seal(secret.as_bytes(), &Aad::InboundApp { app_id: app })
+                        .map_err(|e| {
+                            tracing::error!(error = %e, "sealing an app's inbound secret failed");
+                            ManagerError::Unavailable("the secret could not be sealed".into())
+                        })?,
+                )
+            }
+            None => None,
+        };
+        repo::inbound::set_app_secret(&self.pool, app.0, sealed.as_ref())
+            .await
+            .map_err(|e| {
+                if crate::error::is_foreign_key_violation(&e) {
+                    ManagerError::NotFound("app")
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(self.app_inbound(app, sealed.is_some()))
+    }
+
+    fn app_inbound(&self, app: AppId, signed: bool) -> AppInbound {
+        AppInbound {
+            inbound_url: format!("{}/api/v1/apps/{}/email-inbound", self.public_url, app.0),
+            signed,
+        }
+    }
+
+    /// Verifies `body` against a stored secret, if there is one.
+    fn check_signature(
+        &self,
+        stored: Option<&SealedInbound>,
+        aad: &Aad<'_>,
+        headers: &SignatureHeaders<'_>,
+        body: &[u8],
+    ) -> Result<(), InboundRefusal> {
+        let Some(stored) = stored else {
+            return Ok(());
+        };
+        let sealed = Sealed::from_stored(&stored.key_id, &stored.nonce, stored.ciphertext.clone())
+            .map_err(|_| InboundRefusal::SecretUnreadable)?;
+        let secret = self.keyring.open(&sealed, aad).map_err(|_| {
+            tracing::error!(
+                "an inbound secret does not open with the configured keys; refusing its requests"
+            );
+            InboundRefusal::SecretUnreadable
+        })?;
+        let secret = std::str::from_utf8(&secret).map_err(|_| InboundRefusal::SecretUnreadable)?;
+        verify_signature(secret, headers, body, Utc::now().timestamp())
+            .map_err(InboundRefusal::Unsigned)
+    }
+
+    /// Delivers one email to one trigger, deduplicated by `webhook-id`, else `message_id`.
+    async fn deliver(
+        &self,
+        trigger_id: Uuid,
+        headers: &SignatureHeaders<'_>,
+        email: InboundEmail,
+    ) -> Result<Received, InboundRefusal> {
         let dedupe_key = headers
             .webhook_id
             .map(|id| format!("webhook-id:{id}"))
@@ -111,4 +251,14 @@ impl InboundService {
             Delivery::NoTrigger => Err(InboundRefusal::UnknownTrigger),
         }
     }
+}
+
+/// The body as an email: raw MIME or the generic JSON shape.
+fn parse(body: &[u8], mime: bool) -> Result<InboundEmail, InboundRefusal> {
+    if mime {
+        parse_mime_email(body, Utc::now())
+    } else {
+        parse_json_email(body, Utc::now())
+    }
+    .map_err(InboundRefusal::Malformed)
 }

@@ -106,6 +106,24 @@ const LINKS: &[LinkSpec] = &[
     LinkSpec {
         from: "create_app",
         status: "201",
+        to: "get_email_inbound",
+        parameters: &[APP_ID],
+    },
+    LinkSpec {
+        from: "create_app",
+        status: "201",
+        to: "put_email_inbound",
+        parameters: &[APP_ID],
+    },
+    LinkSpec {
+        from: "create_app",
+        status: "201",
+        to: "receive_for_app",
+        parameters: &[APP_ID],
+    },
+    LinkSpec {
+        from: "create_app",
+        status: "201",
         to: "put_email_policy",
         parameters: &[APP_ID],
     },

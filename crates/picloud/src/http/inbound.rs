@@ -90,9 +90,127 @@ impl InboundLimiter {
     }
 }
 
+/// The answer to an email posted to an app's endpoint: the events it became,
+/// one per email trigger its recipients matched (none: unrouted).
+#[derive(Serialize, ToSchema)]
+pub struct InboundRouted {
+    pub event_ids: Vec<i64>,
+}
+
 /// The inbound routes.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(receive_for_trigger))
+    OpenApiRouter::new()
+        .routes(routes!(receive_for_trigger))
+        .routes(routes!(receive_for_app))
+}
+
+#[utoipa::path(post, path = "/api/v1/apps/{app_id}/email-inbound", tag = "email",
+    params(("app_id" = Uuid, Path)), request_body = InboundEmailBody,
+    responses((status = 202, description = "accepted: delivered to every email trigger of the app whose `recipient_filter` matches a `to` or `cc` address (`event_ids` empty: no trigger matched)", body = InboundRouted),
+        (status = 200, description = "a duplicate for every trigger it matched (same `webhook-id` or `message_id` within 24 h): their first events; nothing enqueued", body = InboundRouted),
+        (status = 401, description = "`unauthorized`: the app's endpoint is signed and the request's signature is missing, wrong, stale, or cannot be checked", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such app", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: this URL sent more than `PICLOUD_INBOUND_RATE_PER_MIN` requests a minute (bursts of 100); retry after `Retry-After` seconds", body = ErrorBody)))]
+async fn receive_for_app(
+    State(st): State<AppState>,
+    ApiPath(app_id): ApiPath<Uuid>,
+    req: Request,
+) -> Result<(StatusCode, Json<InboundRouted>), ApiError> {
+    let result = route(&st, app_id, req).await;
+    st.metrics.record_inbound(match &result {
+        Ok((_, Json(routed))) if routed.event_ids.is_empty() => "unrouted",
+        Ok((StatusCode::ACCEPTED, _)) => "accepted",
+        Ok(_) => "duplicate",
+        Err(e) => refusal_result(e),
+    });
+    result
+}
+
+async fn route(
+    st: &AppState,
+    app_id: Uuid,
+    req: Request,
+) -> Result<(StatusCode, Json<InboundRouted>), ApiError> {
+    if !st
+        .inbound
+        .app_exists(app_id)
+        .await
+        .map_err(ManagerError::Database)?
+    {
+        return Err(ApiError::NotFound("app"));
+    }
+    if let Err(retry_after) = st.inbound_limiter.check(app_id) {
+        return Err(ApiError::RateLimited { retry_after });
+    }
+    let (headers, body, mime) = read_request(st, req).await?;
+    let signature = signature_headers(&headers);
+    let received = st
+        .inbound
+        .receive_for_app(app_id, &signature, &body.bytes, mime)
+        .await
+        .map_err(|e| refusal(e, "app"))?;
+    let all_duplicates =
+        !received.is_empty() && received.iter().all(|r| matches!(r, Received::Duplicate(_)));
+    let event_ids = received
+        .iter()
+        .map(|r| match r {
+            Received::Accepted(id) | Received::Duplicate(id) => *id,
+        })
+        .collect();
+    let status = if all_duplicates {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(InboundRouted { event_ids })))
+}
+
+/// The headers, the body (within `PICLOUD_INBOUND_MAX_BYTES`) and whether it is raw MIME.
+async fn read_request(
+    st: &AppState,
+    req: Request,
+) -> Result<(axum::http::HeaderMap, crate::http::extract::ReadBody, bool), ApiError> {
+    let headers = req.headers().clone();
+    let mime = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with("message/rfc822"));
+    let body = read_body_within(req, st, st.config.inbound_max_bytes).await?;
+    Ok((headers, body, mime))
+}
+
+fn signature_headers(headers: &axum::http::HeaderMap) -> SignatureHeaders<'_> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    SignatureHeaders {
+        picloud: header("x-picloud-signature"),
+        webhook_id: header("webhook-id"),
+        webhook_timestamp: header("webhook-timestamp"),
+        webhook_signature: header("webhook-signature"),
+    }
+}
+
+/// The metric result of a refused request.
+fn refusal_result(e: &ApiError) -> &'static str {
+    match e {
+        ApiError::Unauthorized(_) => "unauthorized",
+        ApiError::TooLarge { .. } => "too_large",
+        ApiError::RateLimited { .. } => "rate_limited",
+        ApiError::NotFound(_) => "not_found",
+        _ => "malformed",
+    }
+}
+
+/// The HTTP answer to a refusal; `what` names the endpoint's owner in a 404.
+fn refusal(e: InboundRefusal, what: &'static str) -> ApiError {
+    match e {
+        InboundRefusal::UnknownTrigger => ApiError::NotFound(what),
+        InboundRefusal::Unsigned(e) => ApiError::Unauthorized(e.message()),
+        InboundRefusal::SecretUnreadable => ApiError::Unauthorized(
+            "the signature cannot be checked (the endpoint's secret does not open with the server's keys)",
+        ),
+        InboundRefusal::Malformed(e) => ApiError::BadRequest(e.0),
+        InboundRefusal::Database(e) => ManagerError::Database(e).into(),
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/email-inbound/{trigger_id}", tag = "email",
@@ -107,16 +225,11 @@ async fn receive_for_trigger(
     ApiPath(trigger_id): ApiPath<Uuid>,
     req: Request,
 ) -> Result<(StatusCode, Json<InboundAccepted>), ApiError> {
-    let metrics = st.metrics.clone();
     let result = receive(&st, trigger_id, req).await;
-    metrics.record_inbound(match &result {
+    st.metrics.record_inbound(match &result {
         Ok((StatusCode::ACCEPTED, _)) => "accepted",
         Ok(_) => "duplicate",
-        Err(ApiError::Unauthorized(_)) => "unauthorized",
-        Err(ApiError::TooLarge { .. }) => "too_large",
-        Err(ApiError::RateLimited { .. }) => "rate_limited",
-        Err(ApiError::NotFound(_)) => "not_found",
-        Err(_) => "malformed",
+        Err(e) => refusal_result(e),
     });
     result
 }
@@ -138,30 +251,17 @@ async fn receive(
     if let Err(retry_after) = st.inbound_limiter.check(trigger_id) {
         return Err(ApiError::RateLimited { retry_after });
     }
-    let headers = req.headers().clone();
-    let mime = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with("message/rfc822"));
-    let body = read_body_within(req, st, st.config.inbound_max_bytes).await?;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let signature = SignatureHeaders {
-        picloud: header("x-picloud-signature"),
-        webhook_id: header("webhook-id"),
-        webhook_timestamp: header("webhook-timestamp"),
-        webhook_signature: header("webhook-signature"),
-    };
-    match st.inbound.receive(trigger_id, &signature, &body.bytes, mime).await {
-        Ok(Received::Accepted(event_id)) => {
+    let (headers, body, mime) = read_request(st, req).await?;
+    let signature = signature_headers(&headers);
+    match st
+        .inbound
+        .receive(trigger_id, &signature, &body.bytes, mime)
+        .await
+        .map_err(|e| refusal(e, "email trigger"))?
+    {
+        Received::Accepted(event_id) => {
             Ok((StatusCode::ACCEPTED, Json(InboundAccepted { event_id })))
         }
-        Ok(Received::Duplicate(event_id)) => Ok((StatusCode::OK, Json(InboundAccepted { event_id }))),
-        Err(InboundRefusal::UnknownTrigger) => Err(ApiError::NotFound("email trigger")),
-        Err(InboundRefusal::Unsigned(e)) => Err(ApiError::Unauthorized(e.message())),
-        Err(InboundRefusal::SecretUnreadable) => Err(ApiError::Unauthorized(
-            "the signature cannot be checked (the trigger's secret does not open with the server's keys)",
-        )),
-        Err(InboundRefusal::Malformed(e)) => Err(ApiError::BadRequest(e.0)),
-        Err(InboundRefusal::Database(e)) => Err(ManagerError::Database(e).into()),
+        Received::Duplicate(event_id) => Ok((StatusCode::OK, Json(InboundAccepted { event_id }))),
     }
 }

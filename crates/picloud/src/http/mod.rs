@@ -196,7 +196,7 @@ pub fn build_state(
         keyring.clone(),
         config.secret_max_value_bytes,
     ));
-    let inbound = InboundService::new(pool.clone(), keyring.clone());
+    let inbound = InboundService::new(pool.clone(), keyring.clone(), config.public_url.clone());
     let triggers = TriggersService::new(pool.clone(), keyring, config.public_url.clone())
         .with_max_per_app(config.max_triggers_per_app);
     let email = EmailServiceImpl::new(

@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod apps;
 pub mod dead_letters;
 pub mod email;
+pub mod email_inbound;
 pub mod scripts;
 pub mod secrets;
 pub mod triggers;
@@ -20,5 +21,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(triggers::routes())
         .merge(dead_letters::routes())
         .merge(email::routes())
+        .merge(email_inbound::routes())
         .merge(api_keys::routes())
 }
