@@ -625,3 +625,85 @@ fn email_paths_never_log_the_smtp_password_or_message_bodies() {
         "a subject reached the logs"
     );
 }
+
+#[test]
+fn inbound_secrets_never_reach_logs() {
+    let (_tmp, data) = data_dir();
+    let port = free_port();
+    let server = Server::start(
+        &data,
+        port,
+        "inbound-logs",
+        &[("RUST_LOG", "debug"), ("PICLOUD_LOG_FORMAT", "json")],
+    );
+    let key = admin_key(&data);
+    let app = create_app(port, &key, "mail");
+    create_script(port, &key, &app, "h", "log::info(\"got mail\"); 1");
+    let script_id = {
+        let (_, list) = http(
+            port,
+            "GET",
+            &format!("/api/v1/admin/apps/{app}/scripts"),
+            Some(&key),
+            None,
+        )
+        .unwrap();
+        json(&list)[0]["id"].as_str().unwrap().to_owned()
+    };
+    let trigger_secret = "TRIGGERSECRET-marker-0123";
+    let app_secret = "APPSECRET-marker-456789";
+    let body = serde_json::json!({"kind": "email", "script_id": script_id, "config": {"inbound_secret": trigger_secret}}).to_string();
+    let (status, trigger) = http(
+        port,
+        "POST",
+        &format!("/api/v1/admin/apps/{app}/triggers"),
+        Some(&key),
+        Some(&body),
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{trigger}");
+    assert!(!trigger.contains(trigger_secret));
+    let trigger = json(&trigger)["id"].as_str().unwrap().to_owned();
+    let put = serde_json::json!({"secret": app_secret}).to_string();
+    let (status, shown) = http(
+        port,
+        "PUT",
+        &format!("/api/v1/admin/apps/{app}/email-inbound"),
+        Some(&key),
+        Some(&put),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{shown}");
+    assert!(!shown.contains(app_secret));
+    // Unsigned requests to both endpoints, and a malformed one.
+    let email = r#"{"from":"ann@example.com","to":["support@example.org"]}"#;
+    for path in [
+        format!("/api/v1/email-inbound/{trigger}"),
+        format!("/api/v1/apps/{app}/email-inbound"),
+    ] {
+        let (status, _) = http(port, "POST", &path, None, Some(email)).unwrap();
+        assert_eq!(status, 401);
+    }
+    let (status, out) = http(
+        port,
+        "POST",
+        &format!("/api/v1/email-inbound/{trigger}"),
+        None,
+        Some("{not json"),
+    )
+    .unwrap();
+    assert_eq!(status, 401, "{out}");
+    let (code, logs) = server.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, 0, "{logs}");
+    assert!(
+        logs.contains("\"level\":\"DEBUG\""),
+        "debug logs were captured"
+    );
+    for secret in [trigger_secret, app_secret] {
+        assert!(!logs.contains(secret), "an inbound secret reached the logs");
+        assert!(
+            !logs.contains(&hex::encode(secret)),
+            "an inbound secret reached the logs (hex)"
+        );
+    }
+}

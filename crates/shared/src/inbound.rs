@@ -106,7 +106,9 @@ pub fn verify_signature(
         .trim()
         .parse()
         .map_err(|_| SignatureError::Malformed)?;
-    if (now - sent_at).abs() > TIMESTAMP_TOLERANCE_SECS {
+    // Checked: a timestamp near i64's ends must not overflow (the fuzz test found it).
+    let skew = now.checked_sub(sent_at).map(i64::unsigned_abs);
+    if skew.is_none_or(|s| s > TIMESTAMP_TOLERANCE_SECS.unsigned_abs()) {
         return Err(SignatureError::Stale);
     }
     let key = match secret.strip_prefix("whsec_") {
@@ -486,6 +488,11 @@ mod tests {
         let truncated = &good[..good.len() - 6];
         assert_eq!(check(truncated, &ts, now), Err(SignatureError::Mismatch));
         assert_eq!(check(&good, "soon", now), Err(SignatureError::Malformed));
+        assert_eq!(
+            check(&good, &i64::MIN.to_string(), now),
+            Err(SignatureError::Stale),
+            "no overflow at the ends of the range"
+        );
         assert_eq!(check("v2,abc", &ts, now), Err(SignatureError::Mismatch));
         // A secret without the whsec_ prefix is used as it is.
         let plain = webhook_signature(b"plain-secret", "msg_1", now, body);
@@ -621,5 +628,66 @@ aGVsbG8=\r\n\
         let cut = parse_json_email(long.as_bytes(), at).unwrap();
         assert!(cut.truncated);
         assert_eq!(cut.text.unwrap().len(), MAX_BODY_CHARS);
+    }
+}
+
+/// Arbitrary input through every parser of this module: no panic, whatever
+/// the bytes. `PROPTEST_CASES` raises the count for a long run (HANDBACK.md).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_header() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            any::<String>().prop_map(Some),
+            "(sha256=|v1,)[0-9a-zA-Z+/=]{0,90}( v1,[0-9a-zA-Z+/=]{0,60}){0,3}".prop_map(Some),
+            "-?[0-9]{0,20}".prop_map(Some),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn signature_checks_never_panic(
+            secret in "(whsec_)?[ -~]{0,64}",
+            picloud in any_header(),
+            id in any_header(),
+            timestamp in any_header(),
+            signature in any_header(),
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+            now in any::<i64>(),
+        ) {
+            let headers = SignatureHeaders {
+                picloud: picloud.as_deref(),
+                webhook_id: id.as_deref(),
+                webhook_timestamp: timestamp.as_deref(),
+                webhook_signature: signature.as_deref(),
+            };
+            let _ = verify_signature(&secret, &headers, &body, now);
+        }
+
+        #[test]
+        fn body_parsers_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = parse_json_email(&body, Utc::now());
+            let _ = parse_mime_email(&body, Utc::now());
+        }
+
+        #[test]
+        fn mime_shaped_input_never_panics(
+            headers in proptest::collection::vec("[A-Za-z-]{1,20}: [ -~]{0,80}", 0..12),
+            body in "[ -~\r\n]{0,400}",
+        ) {
+            let raw = format!("{}\r\n\r\n{}", headers.join("\r\n"), body);
+            let _ = parse_mime_email(raw.as_bytes(), Utc::now());
+        }
+
+        #[test]
+        fn recipient_matching_never_panics(filter in any::<String>(), address in any::<String>()) {
+            let _ = recipient_matches(&filter, &address);
+            let _ = plus_tag(&address);
+        }
     }
 }
