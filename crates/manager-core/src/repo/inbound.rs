@@ -72,27 +72,36 @@ pub async fn deliver(
         .bind(key.to_owned())
         .fetch_optional(pool)
     };
-    if let Some(key) = dedupe_key {
-        if let Some(event_id) = earlier(key).await? {
-            return Ok(Delivery::Duplicate(event_id));
-        }
+    const ENQUEUE: &str = "WITH queued AS ( \
+             INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, \
+                 backoff, base_ms, trigger_depth, origin_principal) \
+             SELECT app_id, id, script_id, 'email', $2, max_attempts, backoff, base_ms, 1, created_by \
+             FROM triggers WHERE id = $1 AND kind = 'email' \
+             RETURNING id \
+         ) \
+         SELECT q.id FROM queued q CROSS JOIN LATERAL (SELECT pg_notify('picloud_outbox', '')) AS n";
+    let Some(key) = dedupe_key else {
+        // Nothing to deduplicate by: one statement, one commit.
+        let queued: Option<i64> = sqlx::query_scalar(ENQUEUE)
+            .bind(trigger_id)
+            .bind(sqlx::types::Json(payload))
+            .fetch_optional(pool)
+            .await?;
+        return Ok(queued.map_or(Delivery::NoTrigger, Delivery::Accepted));
+    };
+    if let Some(event_id) = earlier(key).await? {
+        return Ok(Delivery::Duplicate(event_id));
     }
     let mut tx = pool.begin().await?;
-    let Some(event_id): Option<i64> = sqlx::query_scalar(
-        "INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, \
-             backoff, base_ms, trigger_depth, origin_principal) \
-         SELECT app_id, id, script_id, 'email', $2, max_attempts, backoff, base_ms, 1, created_by \
-         FROM triggers WHERE id = $1 AND kind = 'email' \
-         RETURNING id",
-    )
-    .bind(trigger_id)
-    .bind(sqlx::types::Json(payload))
-    .fetch_optional(&mut *tx)
-    .await?
+    let Some(event_id): Option<i64> = sqlx::query_scalar(ENQUEUE)
+        .bind(trigger_id)
+        .bind(sqlx::types::Json(payload))
+        .fetch_optional(&mut *tx)
+        .await?
     else {
         return Ok(Delivery::NoTrigger);
     };
-    if let Some(key) = dedupe_key {
+    {
         let recorded: Option<i64> = sqlx::query_scalar(
             "INSERT INTO inbound_deliveries AS d (trigger_id, dedupe_key, event_id) VALUES ($1, $2, $3) \
              ON CONFLICT (trigger_id, dedupe_key) DO UPDATE \
@@ -114,9 +123,6 @@ pub async fn deliver(
             });
         }
     }
-    sqlx::query("SELECT pg_notify('picloud_outbox', '')")
-        .execute(&mut *tx)
-        .await?;
     tx.commit().await?;
     Ok(Delivery::Accepted(event_id))
 }

@@ -4,7 +4,11 @@
 
 use crate::{
     error::ManagerError,
-    repo::{self, inbound::Delivery, triggers::SealedInbound},
+    repo::{
+        self,
+        inbound::{Delivery, EmailTarget},
+        triggers::SealedInbound,
+    },
 };
 use chrono::Utc;
 use picloud_shared::{
@@ -66,16 +70,15 @@ impl InboundService {
         }
     }
 
-    /// True when `trigger_id` names an email trigger (checked before a body is read).
-    pub async fn trigger_exists(&self, trigger_id: Uuid) -> Result<bool, sqlx::Error> {
-        Ok(repo::inbound::email_trigger(&self.pool, trigger_id)
-            .await?
-            .is_some())
+    /// The email trigger `trigger_id` names, if any (looked up before a body is read).
+    pub async fn trigger(&self, trigger_id: Uuid) -> Result<Option<EmailTarget>, sqlx::Error> {
+        repo::inbound::email_trigger(&self.pool, trigger_id).await
     }
 
-    /// True when `app` exists (checked before a body is read).
-    pub async fn app_exists(&self, app: Uuid) -> Result<bool, sqlx::Error> {
-        Ok(repo::inbound::app_secret(&self.pool, app).await?.is_some())
+    /// The app's sealed inbound secret (inner `None`: unsigned); `None` when
+    /// there is no such app (looked up before a body is read).
+    pub async fn app(&self, app: Uuid) -> Result<Option<Option<SealedInbound>>, sqlx::Error> {
+        repo::inbound::app_secret(&self.pool, app).await
     }
 
     /// Checks and delivers one request to trigger `trigger_id`'s endpoint;
@@ -84,13 +87,11 @@ impl InboundService {
     pub async fn receive(
         &self,
         trigger_id: Uuid,
+        target: &EmailTarget,
         headers: &SignatureHeaders<'_>,
         body: &[u8],
         mime: bool,
     ) -> Result<Received, InboundRefusal> {
-        let target = repo::inbound::email_trigger(&self.pool, trigger_id)
-            .await?
-            .ok_or(InboundRefusal::UnknownTrigger)?;
         self.check_signature(
             target.secret.as_ref(),
             &Aad::Inbound { trigger_id },
@@ -108,15 +109,13 @@ impl InboundService {
     pub async fn receive_for_app(
         &self,
         app: Uuid,
+        secret: Option<&SealedInbound>,
         headers: &SignatureHeaders<'_>,
         body: &[u8],
         mime: bool,
     ) -> Result<Vec<Received>, InboundRefusal> {
-        let secret = repo::inbound::app_secret(&self.pool, app)
-            .await?
-            .ok_or(InboundRefusal::UnknownTrigger)?;
         self.check_signature(
-            secret.as_ref(),
+            secret,
             &Aad::InboundApp { app_id: AppId(app) },
             headers,
             body,

@@ -131,14 +131,14 @@ async fn route(
     app_id: Uuid,
     req: Request,
 ) -> Result<(StatusCode, Json<InboundRouted>), ApiError> {
-    if !st
+    let Some(secret) = st
         .inbound
-        .app_exists(app_id)
+        .app(app_id)
         .await
         .map_err(ManagerError::Database)?
-    {
+    else {
         return Err(ApiError::NotFound("app"));
-    }
+    };
     if let Err(retry_after) = st.inbound_limiter.check(app_id) {
         return Err(ApiError::RateLimited { retry_after });
     }
@@ -146,7 +146,7 @@ async fn route(
     let signature = signature_headers(&headers);
     let received = st
         .inbound
-        .receive_for_app(app_id, &signature, &body.bytes, mime)
+        .receive_for_app(app_id, secret.as_ref(), &signature, &body.bytes, mime)
         .await
         .map_err(|e| refusal(e, "app"))?;
     let all_duplicates =
@@ -240,14 +240,14 @@ async fn receive(
     req: Request,
 ) -> Result<(StatusCode, Json<InboundAccepted>), ApiError> {
     // Unknown ids are answered before the body is read or any crypto runs.
-    if !st
+    let Some(target) = st
         .inbound
-        .trigger_exists(trigger_id)
+        .trigger(trigger_id)
         .await
         .map_err(ManagerError::Database)?
-    {
+    else {
         return Err(ApiError::NotFound("email trigger"));
-    }
+    };
     if let Err(retry_after) = st.inbound_limiter.check(trigger_id) {
         return Err(ApiError::RateLimited { retry_after });
     }
@@ -255,7 +255,7 @@ async fn receive(
     let signature = signature_headers(&headers);
     match st
         .inbound
-        .receive(trigger_id, &signature, &body.bytes, mime)
+        .receive(trigger_id, &target, &signature, &body.bytes, mime)
         .await
         .map_err(|e| refusal(e, "email trigger"))?
     {
