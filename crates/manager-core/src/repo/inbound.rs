@@ -56,7 +56,8 @@ pub enum Delivery {
 /// Enqueues `payload` for email trigger `trigger_id` unless an email with
 /// `dedupe_key` was accepted for it within 24 hours. The dedupe record and
 /// the outbox row commit together; of two copies arriving at once, the
-/// second waits for the first's record and answers it.
+/// second waits for the first's record and answers it. The dispatchers are
+/// not notified here (see `OutboxNotifier`).
 pub async fn deliver(
     pool: &PgPool,
     trigger_id: Uuid,
@@ -72,14 +73,13 @@ pub async fn deliver(
         .bind(key.to_owned())
         .fetch_optional(pool)
     };
-    const ENQUEUE: &str = "WITH queued AS ( \
-             INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, \
-                 backoff, base_ms, trigger_depth, origin_principal) \
-             SELECT app_id, id, script_id, 'email', $2, max_attempts, backoff, base_ms, 1, created_by \
-             FROM triggers WHERE id = $1 AND kind = 'email' \
-             RETURNING id \
-         ) \
-         SELECT q.id FROM queued q CROSS JOIN LATERAL (SELECT pg_notify('picloud_outbox', '')) AS n";
+    // No NOTIFY here: the caller pokes an `OutboxNotifier` after the commit.
+    const ENQUEUE: &str =
+        "INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, \
+             backoff, base_ms, trigger_depth, origin_principal) \
+         SELECT app_id, id, script_id, 'email', $2, max_attempts, backoff, base_ms, 1, created_by \
+         FROM triggers WHERE id = $1 AND kind = 'email' \
+         RETURNING id";
     let Some(key) = dedupe_key else {
         // Nothing to deduplicate by: one statement, one commit.
         let queued: Option<i64> = sqlx::query_scalar(ENQUEUE)

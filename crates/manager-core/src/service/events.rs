@@ -14,6 +14,46 @@ use std::{
 };
 use uuid::Uuid;
 
+/// Wakes the dispatchers (`NOTIFY picloud_outbox`) after enqueues that
+/// committed without notifying, many pokes making one NOTIFY. A NOTIFY in a
+/// transaction serialises its commit with every other notifying commit
+/// (PostgreSQL's notify queue lock), so a hot path that commits concurrently
+/// (inbound email) pokes this instead, after its commit.
+#[derive(Clone)]
+pub struct OutboxNotifier {
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl OutboxNotifier {
+    /// Starts the notifying task on the current tokio runtime; it ends when
+    /// `pool` closes.
+    pub fn start(pool: sqlx::PgPool) -> Self {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let waiting = wake.clone();
+        tokio::spawn(async move {
+            loop {
+                // One stored permit stands for every poke since the last NOTIFY.
+                waiting.notified().await;
+                if let Err(e) = sqlx::query("SELECT pg_notify('picloud_outbox', '')")
+                    .execute(&pool)
+                    .await
+                {
+                    if pool.is_closed() {
+                        return;
+                    }
+                    tracing::warn!(error = %e, "waking the dispatchers failed; they find the events at their next poll");
+                }
+            }
+        });
+        Self { wake }
+    }
+
+    /// Asks for a NOTIFY soon (after the caller's commit).
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+}
+
 /// Default `PICLOUD_MAX_TRIGGER_DEPTH`.
 pub const DEFAULT_MAX_TRIGGER_DEPTH: u32 = 8;
 

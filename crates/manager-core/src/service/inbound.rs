@@ -9,6 +9,7 @@ use crate::{
         inbound::{Delivery, EmailTarget},
         triggers::SealedInbound,
     },
+    service::events::OutboxNotifier,
 };
 use chrono::Utc;
 use picloud_shared::{
@@ -56,14 +57,17 @@ pub enum InboundRefusal {
 pub struct InboundService {
     pool: PgPool,
     keyring: Arc<Keyring>,
+    notifier: OutboxNotifier,
     /// The server's public base URL, for `inbound_url`.
     public_url: String,
 }
 
 impl InboundService {
-    /// A service over `pool`, opening inbound secrets with `keyring`.
+    /// A service over `pool`, opening inbound secrets with `keyring`. Call
+    /// inside a tokio runtime (it starts an [`OutboxNotifier`]).
     pub fn new(pool: PgPool, keyring: Arc<Keyring>, public_url: String) -> Self {
         Self {
+            notifier: OutboxNotifier::start(pool.clone()),
             pool,
             keyring,
             public_url: public_url.trim_end_matches('/').to_owned(),
@@ -245,7 +249,10 @@ impl InboundService {
         match repo::inbound::deliver(&self.pool, trigger_id, dedupe_key.as_deref(), &payload)
             .await?
         {
-            Delivery::Accepted(id) => Ok(Received::Accepted(id)),
+            Delivery::Accepted(id) => {
+                self.notifier.poke();
+                Ok(Received::Accepted(id))
+            }
             Delivery::Duplicate(id) => Ok(Received::Duplicate(id)),
             Delivery::NoTrigger => Err(InboundRefusal::UnknownTrigger),
         }
