@@ -298,7 +298,7 @@ pub struct EmailPolicy {
     #[schema(schema_with = recipients_schema)]
     pub recipients: RecipientPolicy,
     /// Most successful sends per UTC day; `null` for no cap.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "daily_cap")]
     #[schema(minimum = 0, maximum = 2147483647)]
     pub daily_cap: Option<u32>,
 }
@@ -327,6 +327,18 @@ fn recipients_schema() -> utoipa::openapi::schema::Schema {
         ))
         .build()
         .into()
+}
+
+/// `daily_cap` as a whole number (`10` or `10.0`) that fits the column.
+fn daily_cap<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    crate::values::optional_whole_number(deserializer)?
+        .map(|n| {
+            u32::try_from(n)
+                .ok()
+                .filter(|n| i32::try_from(*n).is_ok())
+                .ok_or_else(|| serde::de::Error::custom("daily_cap must be at most 2147483647"))
+        })
+        .transpose()
 }
 
 impl EmailPolicy {

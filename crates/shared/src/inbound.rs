@@ -28,6 +28,13 @@ pub const MAX_ATTACHMENTS: usize = 100;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Standard base64 that accepts non-zero trailing bits, as many encoders
+/// (and the JSON Schema pattern of the API) allow.
+const LENIENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
+
 /// The signature headers of a request, as sent (absent ones `None`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SignatureHeaders<'a> {
@@ -160,6 +167,7 @@ struct JsonAttachment {
     content_type: Option<String>,
     /// The content, base64 (its size and SHA-256 are kept, not the bytes).
     content: Option<String>,
+    #[serde(default, deserialize_with = "crate::values::optional_whole_number")]
     size: Option<u64>,
     sha256: Option<String>,
 }
@@ -211,7 +219,7 @@ pub fn parse_json_email(
     for attachment in listed {
         let (size, sha256) = match attachment.content {
             Some(content) => {
-                let bytes = base64::engine::general_purpose::STANDARD
+                let bytes = LENIENT_BASE64
                     .decode(content.as_bytes())
                     .map_err(|_| MalformedEmail("an attachment's content is not base64".into()))?;
                 (bytes.len() as u64, hex::encode(Sha256::digest(&bytes)))

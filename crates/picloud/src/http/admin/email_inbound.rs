@@ -21,7 +21,11 @@ use zeroize::Zeroizing;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetInboundSecret {
-    #[schema(min_length = 16, max_length = 256)]
+    #[schema(
+        min_length = 16,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     secret: Option<String>,
 }
 
