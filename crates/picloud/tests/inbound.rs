@@ -561,3 +561,53 @@ async fn the_app_endpoint_routes_by_recipient_and_passes_the_tag(pool: PgPool) {
     assert_eq!(open["signed"], false);
     r.stop().await;
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_unsigned_app_endpoint_does_not_reach_triggers_with_their_own_secret(pool: PgPool) {
+    let t = TestApp::new(pool.clone()).await;
+    let app = t.create_app("mail").await;
+    let signed = email_trigger(&t, &app, Some(SECRET)).await;
+    let open = email_trigger(&t, &app, None).await;
+    let body = br#"{"from":"a@b.co","to":["x@y.io"]}"#;
+    let (status, routed) = post_to_app(&t, &app, body, &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{routed}");
+    assert_eq!(routed["event_ids"].as_array().unwrap().len(), 1);
+    assert_eq!(outbox_count(&pool, &signed).await, 0, "its secret holds");
+    assert_eq!(outbox_count(&pool, &open).await, 1);
+    // With the app's endpoint signed, a verified request reaches both.
+    let (status, _) = t
+        .admin(
+            Method::PUT,
+            &format!("/api/v1/admin/apps/{app}/email-inbound"),
+            Some(json!({"secret": "the-app-secret-0123456789"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let body = br#"{"from":"a@b.co","to":["x@y.io"],"subject":"second"}"#;
+    let (status, routed) = post_to_app(
+        &t,
+        &app,
+        body,
+        &[(
+            "x-picloud-signature",
+            picloud_signature("the-app-secret-0123456789", body),
+        )],
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{routed}");
+    assert_eq!(routed["event_ids"].as_array().unwrap().len(), 2);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_long_message_id_is_deduplicated_not_refused(pool: PgPool) {
+    let t = TestApp::new(pool.clone()).await;
+    let app = t.create_app("mail").await;
+    let trigger = email_trigger(&t, &app, None).await;
+    let body = json!({"from": "a@b.co", "message_id": "x".repeat(5000)}).to_string();
+    let (status, first) = post(&t, &trigger, body.as_bytes(), &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let (status, again) = post(&t, &trigger, body.as_bytes(), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["event_id"], first["event_id"]);
+    assert_eq!(outbox_count(&pool, &trigger).await, 1);
+}

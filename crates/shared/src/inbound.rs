@@ -25,6 +25,9 @@ pub const TIMESTAMP_TOLERANCE_SECS: i64 = 300;
 pub const MAX_BODY_CHARS: usize = 256 * 1024;
 /// Most attachments listed for one email.
 pub const MAX_ATTACHMENTS: usize = 100;
+/// Most `message/rfc822` parts one MIME body may declare: the parser recurses
+/// into each, and a deep chain of them overflows a thread's stack.
+pub const MAX_NESTED_MESSAGES: usize = 32;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -262,6 +265,15 @@ pub fn parse_mime_email(
     body: &[u8],
     received_at: DateTime<Utc>,
 ) -> Result<InboundEmail, MalformedEmail> {
+    let nested = body
+        .windows(b"message/rfc822".len())
+        .filter(|w| w.eq_ignore_ascii_case(b"message/rfc822"))
+        .count();
+    if nested > MAX_NESTED_MESSAGES {
+        return Err(MalformedEmail(format!(
+            "the MIME message nests more than {MAX_NESTED_MESSAGES} messages"
+        )));
+    }
     let message = MessageParser::default()
         .parse(body)
         .ok_or_else(|| MalformedEmail("the body is not a MIME message".into()))?;
@@ -579,6 +591,13 @@ aGVsbG8=\r\n\
         assert_eq!(email.attachments[0].filename.as_deref(), Some("log.txt"));
         assert_eq!(email.attachments[0].content_type, "text/plain");
         assert_eq!(email.attachments[0].size, 5);
+        let mut nested = b"From: a@b.co\r\nContent-Type: message/rfc822\r\n\r\n".to_vec();
+        for _ in 0..100_000 {
+            nested.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
+        }
+        nested.extend_from_slice(b"From: a@b.co\r\n\r\nhi\r\n");
+        let err = parse_mime_email(&nested, at).unwrap_err();
+        assert!(err.0.contains("nests"), "{err}");
         for bad in [
             &b""[..],
             b"no headers at all",

@@ -194,13 +194,13 @@ pub async fn set_app_secret(
     Ok(())
 }
 
-/// The app's email triggers: `(id, recipient_filter)`.
+/// The app's email triggers: `(id, recipient_filter, signed)`.
 pub async fn app_email_triggers(
     db: impl sqlx::PgExecutor<'_>,
     app: Uuid,
-) -> Result<Vec<(Uuid, Option<String>)>, sqlx::Error> {
+) -> Result<Vec<(Uuid, Option<String>, bool)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, config->>'recipient_filter' FROM triggers \
+        "SELECT id, config->>'recipient_filter', inbound_ciphertext IS NOT NULL FROM triggers \
          WHERE app_id = $1 AND kind = 'email' ORDER BY created_at, id",
     )
     .bind(app)

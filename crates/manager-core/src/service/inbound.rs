@@ -126,7 +126,14 @@ impl InboundService {
         )?;
         let email = parse(body, mime)?;
         let mut received = Vec::new();
-        for (trigger_id, filter) in repo::inbound::app_email_triggers(&self.pool, app).await? {
+        for (trigger_id, filter, signed) in
+            repo::inbound::app_email_triggers(&self.pool, app).await?
+        {
+            // A trigger with a secret of its own is not reached through an
+            // unsigned app endpoint: its secret would be moot.
+            if signed && secret.is_none() {
+                continue;
+            }
             let tag = match filter.as_deref() {
                 None => Some(email.tag.clone()),
                 Some(filter) => email
@@ -239,10 +246,15 @@ impl InboundService {
         headers: &SignatureHeaders<'_>,
         email: InboundEmail,
     ) -> Result<Received, InboundRefusal> {
+        // Hashed: ids are the sender's, of any length (an index entry is not).
+        let digest = |kind: &str, id: &str| {
+            use sha2::{Digest, Sha256};
+            format!("{kind}:{}", hex::encode(Sha256::digest(id.as_bytes())))
+        };
         let dedupe_key = headers
             .webhook_id
-            .map(|id| format!("webhook-id:{id}"))
-            .or_else(|| email.message_id.as_ref().map(|m| format!("message-id:{m}")));
+            .map(|id| digest("webhook-id", id))
+            .or_else(|| email.message_id.as_deref().map(|m| digest("message-id", m)));
         let payload = serde_json::to_value(TriggerEvent::Email { email }).map_err(|_| {
             InboundRefusal::Malformed(MalformedEmail("the email cannot be encoded".into()))
         })?;
