@@ -108,6 +108,23 @@ async fn outbox_count(pool: &PgPool, trigger: &str) -> i64 {
         .unwrap()
 }
 
+/// What a handler stored under `collection`/`key` of `app`, once it has run.
+async fn handled(what: &str, pool: &PgPool, app: &str, collection: &str, key: &str) -> Value {
+    eventually(what, Duration::from_secs(30), || async {
+        sqlx::query_scalar::<_, sqlx::types::Json<Value>>(
+            "SELECT value FROM kv_entries WHERE app_id = $1::uuid AND collection = $2 AND key = $3",
+        )
+        .bind(app)
+        .bind(collection)
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+        .map(|v| v.0)
+    })
+    .await
+}
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -130,17 +147,7 @@ async fn a_signed_email_runs_its_handler_with_the_email(pool: PgPool) {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     assert!(accepted["event_id"].is_i64(), "{accepted}");
-    let email = eventually("the handler", Duration::from_secs(30), || async {
-        sqlx::query_scalar::<_, sqlx::types::Json<Value>>(
-            "SELECT value FROM kv_entries WHERE app_id = $1::uuid AND collection = 'mail' AND key = 'last'",
-        )
-        .bind(&app)
-        .fetch_optional(&pool)
-        .await
-        .unwrap()
-        .map(|v| v.0)
-    })
-    .await;
+    let email = handled("the handler", &pool, &app, "mail", "last").await;
     assert_eq!(email["from"], "Ann <ann@example.com>");
     assert_eq!(email["to"], json!(["support+billing@example.org"]));
     assert_eq!(email["cc"], json!(["cat@example.org"]));
@@ -354,17 +361,7 @@ Content-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--b--\r\n";
         .send(request.body(Body::from(raw.to_vec())).unwrap())
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let email = eventually("the handler", Duration::from_secs(30), || async {
-        sqlx::query_scalar::<_, sqlx::types::Json<Value>>(
-            "SELECT value FROM kv_entries WHERE app_id = $1::uuid AND collection = 'mail' AND key = 'last'",
-        )
-        .bind(&app)
-        .fetch_optional(&pool)
-        .await
-        .unwrap()
-        .map(|v| v.0)
-    })
-    .await;
+    let email = handled("the handler", &pool, &app, "mail", "last").await;
     assert_eq!(email["from"], "Ann <ann@example.com>");
     assert_eq!(email["subject"], "Logs");
     assert_eq!(email["message_id"], "<mime1@example.com>");
@@ -511,17 +508,7 @@ async fn the_app_endpoint_routes_by_recipient_and_passes_the_tag(pool: PgPool) {
         1,
         "only support"
     );
-    let email = eventually("the support handler", Duration::from_secs(30), || async {
-        sqlx::query_scalar::<_, sqlx::types::Json<Value>>(
-            "SELECT value FROM kv_entries WHERE app_id = $1::uuid AND collection = 'routed' AND key = 'support'",
-        )
-        .bind(&app)
-        .fetch_optional(&pool)
-        .await
-        .unwrap()
-        .map(|v| v.0)
-    })
-    .await;
+    let email = handled("the support handler", &pool, &app, "routed", "support").await;
     assert_eq!(email["tag"], "billing");
 
     // No trigger matches: 202 with no events, counted as unrouted.
