@@ -18,8 +18,13 @@ const SYSTEM_CONNECTIONS: u32 = 16;
 /// A pool of 32 connections; with
 /// `statement_timeout`, each connection's statements are cancelled by
 /// PostgreSQL past it and a connection is waited for at most as long.
+/// Connections are not pinged when taken from the pool: that is a round trip
+/// (and a PostgreSQL wake-up) before every statement; a connection that died
+/// fails its next statement instead and is dropped.
 pub fn pool_options(statement_timeout: Option<Duration>) -> PgPoolOptions {
-    let options = PgPoolOptions::new().max_connections(32);
+    let options = PgPoolOptions::new()
+        .max_connections(32)
+        .test_before_acquire(false);
     let Some(timeout) = statement_timeout else {
         return options.acquire_timeout(Duration::from_secs(5));
     };

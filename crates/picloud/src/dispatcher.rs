@@ -42,7 +42,7 @@ use sqlx::PgPool;
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, PoisonError,
     },
     time::{Duration, Instant},
@@ -130,6 +130,8 @@ struct Shared {
     sources: Mutex<HashMap<(Uuid, i64), Arc<str>>>,
     /// Events this process holds, and whether their handler has started.
     in_flight: Mutex<HashMap<i64, Arc<AtomicBool>>>,
+    /// Outbox rows this process deleted or rewrote since its last vacuum of the outbox.
+    churned: AtomicU64,
 }
 
 /// A running dispatcher; [`DispatcherHandle::shutdown`] stops it.
@@ -160,6 +162,7 @@ pub fn start(state: &AppState, config: DispatchConfig) -> DispatcherHandle {
         config,
         sources: Mutex::default(),
         in_flight: Mutex::default(),
+        churned: AtomicU64::new(0),
     });
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(run(shared, stopped));
@@ -176,6 +179,7 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let fan_out = tokio::spawn(fan_out_dead_letters(shared.clone(), fan_outs_rx));
     let renewer = tokio::spawn(renew_leases(shared.clone()));
     let housekeeper = tokio::spawn(housekeeping(shared.clone()));
+    let vacuum = tokio::spawn(vacuum_outbox(shared.clone()));
     let slots = Arc::new(Semaphore::new(shared.config.concurrency.max(1)));
     let mut handlers = JoinSet::new();
     let mut backoff = Duration::from_millis(50);
@@ -411,6 +415,7 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     fan_out.abort();
     renewer.abort();
     housekeeper.abort();
+    vacuum.abort();
     listener.abort();
     tracing::info!("dispatcher stopped");
 }
@@ -687,9 +692,40 @@ async fn write_outcomes(
                 let _ = fan_outs.send(letter);
             }
         }
+        shared
+            .churned
+            .fetch_add((done.len() + started.len()) as u64, Ordering::Relaxed);
         let mut in_flight = lock(&shared.in_flight);
         for id in done {
             in_flight.remove(&id);
+        }
+    }
+}
+
+/// Outbox rows deleted or rewritten after which the dispatcher vacuums the outbox.
+const VACUUM_AFTER_CHURN: u64 = 2_000;
+
+/// Vacuums the outbox after every [`VACUUM_AFTER_CHURN`] rows this process
+/// deleted or rewrote. Every event leaves dead rows behind (its claim and
+/// its delete), and autovacuum visits a table at most once a naptime (a
+/// minute by default) whatever its settings, so under a steady load each claim
+/// would otherwise walk tens of thousands of dead rows. `SKIP_LOCKED`: a
+/// vacuum already running (another replica's, autovacuum's) is enough.
+async fn vacuum_outbox(shared: Arc<Shared>) {
+    let mut warned = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if shared.churned.load(Ordering::Relaxed) < VACUUM_AFTER_CHURN {
+            continue;
+        }
+        shared.churned.store(0, Ordering::Relaxed);
+        match repo::outbox::vacuum(&shared.pool).await {
+            Ok(_) => warned = false,
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(error = %e, "vacuuming the outbox failed; autovacuum remains");
+            }
+            Err(_) => {}
         }
     }
 }

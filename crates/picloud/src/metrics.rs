@@ -62,9 +62,10 @@ pub struct Metrics {
     inbound_requests: IntCounterVec,
 }
 
-/// The `result` label values of inbound email requests: SPEC §7's, and
-/// `not_found` for an unknown trigger or app.
-pub const INBOUND_RESULTS: [&str; 8] = [
+/// The `result` label values of inbound email requests: SPEC §7's,
+/// `not_found` for an unknown trigger or app, and `unavailable` for an email
+/// that could not be stored (a database failure; the sender retries).
+pub const INBOUND_RESULTS: [&str; 9] = [
     "accepted",
     "duplicate",
     "unrouted",
@@ -73,6 +74,7 @@ pub const INBOUND_RESULTS: [&str; 8] = [
     "too_large",
     "rate_limited",
     "not_found",
+    "unavailable",
 ];
 
 /// The `outcome` label values of handler runs.

@@ -598,3 +598,134 @@ async fn a_long_message_id_is_deduplicated_not_refused(pool: PgPool) {
     assert_eq!(again["event_id"], first["event_id"]);
     assert_eq!(outbox_count(&pool, &trigger).await, 1);
 }
+
+/// Replaces trigger `trigger`'s sealed inbound secret behind the server's back
+/// (as `keys rotate` re-seals it, or another process's change).
+async fn reseal(
+    keyring: &picloud_shared::crypto::Keyring,
+    pool: &PgPool,
+    trigger: &str,
+    secret: &str,
+) {
+    use picloud_shared::crypto::Aad;
+    let trigger_id = uuid::Uuid::parse_str(trigger).unwrap();
+    let sealed = keyring
+        .seal(secret.as_bytes(), &Aad::Inbound { trigger_id })
+        .unwrap();
+    sqlx::query(
+        "UPDATE triggers SET inbound_key_id = $2, inbound_nonce = $3, inbound_ciphertext = $4 \
+         WHERE id = $1",
+    )
+    .bind(trigger_id)
+    .bind(sealed.key_id.to_hex())
+    .bind(sealed.nonce.to_vec())
+    .bind(sealed.ciphertext.clone())
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_remembered_trigger_is_checked_again_when_its_secret_changes(pool: PgPool) {
+    let keyring = support::test_keyring();
+    let t = TestApp::with_keyring(pool.clone(), test_config(), keyring.clone()).await;
+    let app = t.create_app("mail").await;
+    let trigger = email_trigger(&t, &app, Some(SECRET)).await;
+    let body = br#"{"from":"ann@example.com"}"#;
+    let signed_with = |secret: &str| [("x-picloud-signature", picloud_signature(secret, body))];
+    // The first request makes the server remember the trigger and its secret.
+    let (status, resp) = post(&t, &trigger, body, &signed_with(SECRET)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
+    const NEW_SECRET: &str = "the-next-inbound-secret-42";
+    reseal(&keyring, &pool, &trigger, NEW_SECRET).await;
+    let (status, resp) = post(&t, &trigger, body, &signed_with(SECRET)).await;
+    assert_error(status, &resp, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(outbox_count(&pool, &trigger).await, 1);
+    let (status, resp) = post(&t, &trigger, body, &signed_with(NEW_SECRET)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
+    assert_eq!(outbox_count(&pool, &trigger).await, 2);
+    // Made unreadable after being remembered: still fails closed.
+    sqlx::query("UPDATE triggers SET inbound_key_id = repeat('0', 16) WHERE id = $1")
+        .bind(uuid::Uuid::parse_str(&trigger).unwrap())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (status, resp) = post(&t, &trigger, body, &signed_with(NEW_SECRET)).await;
+    assert_error(status, &resp, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(outbox_count(&pool, &trigger).await, 2);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_remembered_trigger_that_was_deleted_is_404(pool: PgPool) {
+    let t = TestApp::new(pool.clone()).await;
+    let app = t.create_app("mail").await;
+    let trigger = email_trigger(&t, &app, None).await;
+    let body = br#"{"from":"ann@example.com"}"#;
+    let (status, resp) = post(&t, &trigger, body, &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
+    let (status, resp) = t
+        .admin(
+            Method::DELETE,
+            &format!("/api/v1/admin/apps/{app}/triggers/{trigger}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{resp}");
+    let (status, resp) = post(&t, &trigger, body, &[]).await;
+    assert_error(status, &resp, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn one_batch_answers_each_email_for_itself(pool: PgPool) {
+    use picloud_manager_core::repo::inbound::{deliver_batch, Delivery, DeliveryItem};
+    let t = TestApp::new(pool.clone()).await;
+    let app = t.create_app("mail").await;
+    let unsigned = email_trigger(&t, &app, None).await;
+    let signed = email_trigger(&t, &app, Some(SECRET)).await;
+    let id = |s: &str| uuid::Uuid::parse_str(s).unwrap();
+    let item =
+        |trigger: &str, key: Option<&str>, secret: Option<Vec<u8>>, check: bool| DeliveryItem {
+            trigger_id: id(trigger),
+            dedupe_key: key.map(str::to_owned),
+            payload: r#"{"kind":"email","email":{}}"#.to_owned(),
+            secret,
+            check_secret: check,
+        };
+    let first = deliver_batch(&pool, &[item(&unsigned, Some("k1"), None, true)])
+        .await
+        .unwrap();
+    let Delivery::Accepted(first_event) = first[0] else {
+        panic!("{first:?}")
+    };
+    let outcomes = deliver_batch(
+        &pool,
+        &[
+            // Seen in the previous batch.
+            item(&unsigned, Some("k1"), None, true),
+            // New, with and without a key.
+            item(&unsigned, Some("k2"), None, true),
+            item(&unsigned, None, None, true),
+            // Verified as unsigned, but the trigger has a secret.
+            item(&signed, Some("k3"), None, true),
+            // No such trigger.
+            item(&uuid::Uuid::new_v4().to_string(), None, None, true),
+            // Not checked (the app endpoint's deliveries).
+            item(&signed, Some("k4"), None, false),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcomes[0], Delivery::Duplicate(first_event));
+    assert!(matches!(outcomes[1], Delivery::Accepted(_)), "{outcomes:?}");
+    assert!(matches!(outcomes[2], Delivery::Accepted(_)), "{outcomes:?}");
+    assert_eq!(outcomes[3], Delivery::SecretChanged);
+    assert_eq!(outcomes[4], Delivery::NoTrigger);
+    assert!(matches!(outcomes[5], Delivery::Accepted(_)), "{outcomes:?}");
+    assert_eq!(outbox_count(&pool, &unsigned).await, 3);
+    assert_eq!(outbox_count(&pool, &signed).await, 1);
+    // The refused key was not recorded: delivered properly later, it is new.
+    let later = deliver_batch(&pool, &[item(&signed, Some("k3"), None, false)])
+        .await
+        .unwrap();
+    assert!(matches!(later[0], Delivery::Accepted(_)), "{later:?}");
+}

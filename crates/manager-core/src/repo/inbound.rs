@@ -1,5 +1,5 @@
 //! SQL for inbound email: the email trigger an endpoint names, and the
-//! delivery of one email (dedupe record and outbox row in one transaction).
+//! delivery of emails (dedupe records and outbox rows in one transaction).
 
 use crate::repo::triggers::SealedInbound;
 use sqlx::{PgPool, Row};
@@ -42,6 +42,25 @@ pub async fn email_trigger(
     .transpose()
 }
 
+/// One email for one trigger, as [`deliver_batch`] takes it.
+pub struct DeliveryItem {
+    pub trigger_id: Uuid,
+    /// Deduplicates deliveries to this trigger for 24 hours.
+    pub dedupe_key: Option<String>,
+    /// The event payload, JSON text.
+    pub payload: String,
+    /// The sealed secret the request was verified with, as [`sealed_bytes`]
+    /// (`None`: unsigned); `check_secret: false` delivers whatever the
+    /// trigger's secret now is.
+    pub secret: Option<Vec<u8>>,
+    pub check_secret: bool,
+}
+
+/// A sealed secret as [`deliver_batch`] compares it with the stored one.
+pub fn sealed_bytes(sealed: &SealedInbound) -> Vec<u8> {
+    [sealed.key_id.as_bytes(), &sealed.nonce, &sealed.ciphertext].concat()
+}
+
 /// What became of one delivered email.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -51,80 +70,120 @@ pub enum Delivery {
     Duplicate(i64),
     /// The trigger is gone.
     NoTrigger,
+    /// The trigger's secret changed since the request was verified: check it again.
+    SecretChanged,
 }
 
-/// Enqueues `payload` for email trigger `trigger_id` unless an email with
-/// `dedupe_key` was accepted for it within 24 hours. The dedupe record and
-/// the outbox row commit together; of two copies arriving at once, the
-/// second waits for the first's record and answers it. The dispatchers are
-/// not notified here (see `OutboxNotifier`).
-pub async fn deliver(
+/// Enqueues each item's payload for its email trigger unless an email with
+/// its `dedupe_key` was accepted for that trigger within 24 hours: one
+/// statement and one commit for the whole batch, dedupe records and outbox
+/// rows together. Of two copies committing at once (from two batches), the
+/// second waits for the first's record and answers it. Two items of one
+/// batch must not share a trigger and dedupe key (the caller splits them).
+/// The dispatchers are not notified here (see `OutboxNotifier`).
+pub async fn deliver_batch(
     pool: &PgPool,
-    trigger_id: Uuid,
-    dedupe_key: Option<&str>,
-    payload: &serde_json::Value,
-) -> Result<Delivery, sqlx::Error> {
-    let earlier = |key: &str| {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT event_id FROM inbound_deliveries WHERE trigger_id = $1 AND dedupe_key = $2 \
-             AND created_at > now() - interval '24 hours'",
-        )
-        .bind(trigger_id)
-        .bind(key.to_owned())
-        .fetch_optional(pool)
-    };
-    // No NOTIFY here: the caller pokes an `OutboxNotifier` after the commit.
-    const ENQUEUE: &str =
-        "INSERT INTO outbox (app_id, trigger_id, script_id, source_kind, payload, max_attempts, \
-             backoff, base_ms, trigger_depth, origin_principal) \
-         SELECT app_id, id, script_id, 'email', $2, max_attempts, backoff, base_ms, 1, created_by \
-         FROM triggers WHERE id = $1 AND kind = 'email' \
-         RETURNING id";
-    let Some(key) = dedupe_key else {
-        // Nothing to deduplicate by: one statement, one commit.
-        let queued: Option<i64> = sqlx::query_scalar(ENQUEUE)
-            .bind(trigger_id)
-            .bind(sqlx::types::Json(payload))
-            .fetch_optional(pool)
-            .await?;
-        return Ok(queued.map_or(Delivery::NoTrigger, Delivery::Accepted));
-    };
-    if let Some(event_id) = earlier(key).await? {
-        return Ok(Delivery::Duplicate(event_id));
+    items: &[DeliveryItem],
+) -> Result<Vec<Delivery>, sqlx::Error> {
+    let mut trigger_ids = Vec::with_capacity(items.len());
+    let mut keys = Vec::with_capacity(items.len());
+    let mut payloads = Vec::with_capacity(items.len());
+    let mut nonces = Vec::with_capacity(items.len());
+    let mut checks = Vec::with_capacity(items.len());
+    for item in items {
+        trigger_ids.push(item.trigger_id);
+        keys.push(item.dedupe_key.as_deref());
+        payloads.push(item.payload.as_str());
+        nonces.push(item.secret.as_deref());
+        checks.push(item.check_secret);
     }
-    let mut tx = pool.begin().await?;
-    let Some(event_id): Option<i64> = sqlx::query_scalar(ENQUEUE)
-        .bind(trigger_id)
-        .bind(sqlx::types::Json(payload))
-        .fetch_optional(&mut *tx)
-        .await?
-    else {
-        return Ok(Delivery::NoTrigger);
-    };
-    {
-        let recorded: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO inbound_deliveries AS d (trigger_id, dedupe_key, event_id) VALUES ($1, $2, $3) \
+    // The outbox ids are drawn first so that an event is only written for
+    // an item whose dedupe record was (the duplicates' ids go unused).
+    let rows: Vec<(i64, i64, bool, bool)> = sqlx::query_as(
+        "WITH input AS ( \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::bool[]) \
+                 WITH ORDINALITY AS i(trigger_id, dedupe_key, payload, secret, check_secret, n) \
+         ), found AS MATERIALIZED ( \
+             SELECT i.n, i.dedupe_key, i.payload::jsonb AS payload, t.app_id, t.id AS trigger_id, \
+                 t.script_id, t.max_attempts, t.backoff, t.base_ms, t.created_by, \
+                 (NOT i.check_secret OR (convert_to(t.inbound_key_id, 'UTF8') || t.inbound_nonce \
+                     || t.inbound_ciphertext) IS NOT DISTINCT FROM i.secret) AS current, \
+                 nextval('outbox_id_seq') AS event_id \
+             FROM input i JOIN triggers t ON t.id = i.trigger_id AND t.kind = 'email' \
+         ), recorded AS ( \
+             INSERT INTO inbound_deliveries AS d (trigger_id, dedupe_key, event_id) \
+             SELECT trigger_id, dedupe_key, event_id FROM found WHERE current AND dedupe_key IS NOT NULL \
              ON CONFLICT (trigger_id, dedupe_key) DO UPDATE \
                  SET event_id = EXCLUDED.event_id, created_at = now() \
                  WHERE d.created_at <= now() - interval '24 hours' \
-             RETURNING event_id",
+             RETURNING event_id \
+         ), queued AS ( \
+             INSERT INTO outbox (id, app_id, trigger_id, script_id, source_kind, payload, \
+                 max_attempts, backoff, base_ms, trigger_depth, origin_principal) \
+             OVERRIDING SYSTEM VALUE \
+             SELECT event_id, app_id, trigger_id, script_id, 'email', payload, max_attempts, \
+                 backoff, base_ms, 1, created_by \
+             FROM found \
+             WHERE current AND (dedupe_key IS NULL OR event_id IN (SELECT event_id FROM recorded)) \
+             RETURNING id \
+         ) \
+         SELECT n, event_id, current, event_id IN (SELECT id FROM queued) FROM found",
+    )
+    .bind(&trigger_ids)
+    .bind(&keys)
+    .bind(&payloads)
+    .bind(&nonces)
+    .bind(&checks)
+    .fetch_all(pool)
+    .await?;
+    let mut outcomes = vec![Delivery::NoTrigger; items.len()];
+    let mut duplicates = Vec::new();
+    for (n, event_id, current, queued) in rows {
+        let Some(index) = usize::try_from(n).ok().and_then(|n| n.checked_sub(1)) else {
+            continue;
+        };
+        outcomes[index] = if queued {
+            Delivery::Accepted(event_id)
+        } else if !current {
+            Delivery::SecretChanged
+        } else {
+            duplicates.push(index);
+            Delivery::NoTrigger
+        };
+    }
+    if !duplicates.is_empty() {
+        // Seen before (maybe committed after this statement's snapshot was
+        // taken): the first delivery's event, read afresh.
+        let first: Vec<(Uuid, String, i64)> = sqlx::query_as(
+            "SELECT d.trigger_id, d.dedupe_key, d.event_id FROM inbound_deliveries d \
+             JOIN unnest($1::uuid[], $2::text[]) AS k(trigger_id, dedupe_key) \
+                 ON d.trigger_id = k.trigger_id AND d.dedupe_key = k.dedupe_key \
+             WHERE d.created_at > now() - interval '24 hours'",
         )
-        .bind(trigger_id)
-        .bind(key)
-        .bind(event_id)
-        .fetch_optional(&mut *tx)
+        .bind(
+            duplicates
+                .iter()
+                .map(|&i| items[i].trigger_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            duplicates
+                .iter()
+                .map(|&i| items[i].dedupe_key.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(pool)
         .await?;
-        if recorded.is_none() {
-            // Another copy committed first: drop this one's event.
-            tx.rollback().await?;
-            return Ok(match earlier(key).await? {
-                Some(first) => Delivery::Duplicate(first),
-                None => Delivery::NoTrigger,
-            });
+        for index in duplicates {
+            let item = &items[index];
+            if let Some((_, _, event_id)) = first.iter().find(|(trigger, key, _)| {
+                *trigger == item.trigger_id && Some(key.as_str()) == item.dedupe_key.as_deref()
+            }) {
+                outcomes[index] = Delivery::Duplicate(*event_id);
+            }
         }
     }
-    tx.commit().await?;
-    Ok(Delivery::Accepted(event_id))
+    Ok(outcomes)
 }
 
 /// Forgets deliveries older than 24 hours.

@@ -505,3 +505,11 @@ pub async fn stats(
     .fetch_one(db)
     .await
 }
+
+/// Vacuums the outbox, unless a vacuum of it is already running.
+pub async fn vacuum(db: impl sqlx::PgExecutor<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query("VACUUM (SKIP_LOCKED) outbox")
+        .execute(db)
+        .await?;
+    Ok(())
+}

@@ -6,7 +6,7 @@ use crate::{
     error::ManagerError,
     repo::{
         self,
-        inbound::{Delivery, EmailTarget},
+        inbound::{Delivery, DeliveryItem, EmailTarget},
         triggers::SealedInbound,
     },
     service::events::OutboxNotifier,
@@ -22,7 +22,11 @@ use picloud_shared::{
     triggers::{InboundEmail, TriggerEvent},
 };
 use sqlx::PgPool;
-use std::sync::Arc;
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex, PoisonError},
+};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -50,6 +54,9 @@ pub enum InboundRefusal {
     Malformed(MalformedEmail),
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    /// The email could not be stored (logged where it happened); the sender should retry.
+    #[error("the email could not be stored; retry later")]
+    NotStored,
 }
 
 /// Receives inbound email for email triggers.
@@ -57,26 +64,64 @@ pub enum InboundRefusal {
 pub struct InboundService {
     pool: PgPool,
     keyring: Arc<Keyring>,
-    notifier: OutboxNotifier,
+    writer: DeliveryWriter,
+    /// Email triggers as last read, by id: a request to a known trigger costs
+    /// no lookup. An entry is only a hint: a delivery commits only if the
+    /// trigger still has the secret the request was verified with.
+    targets: Arc<Mutex<HashMap<Uuid, Arc<EmailTarget>>>>,
     /// The server's public base URL, for `inbound_url`.
     public_url: String,
 }
 
+/// Email triggers remembered at most; past it the memo starts over.
+const MAX_REMEMBERED_TARGETS: usize = 10_000;
+
 impl InboundService {
     /// A service over `pool`, opening inbound secrets with `keyring`. Call
-    /// inside a tokio runtime (it starts an [`OutboxNotifier`]).
+    /// inside a tokio runtime (it starts its delivery writer and an [`OutboxNotifier`]).
     pub fn new(pool: PgPool, keyring: Arc<Keyring>, public_url: String) -> Self {
         Self {
-            notifier: OutboxNotifier::start(pool.clone()),
+            writer: DeliveryWriter::start(pool.clone(), OutboxNotifier::start(pool.clone())),
             pool,
             keyring,
+            targets: Arc::default(),
             public_url: public_url.trim_end_matches('/').to_owned(),
         }
     }
 
-    /// The email trigger `trigger_id` names, if any (looked up before a body is read).
-    pub async fn trigger(&self, trigger_id: Uuid) -> Result<Option<EmailTarget>, sqlx::Error> {
-        repo::inbound::email_trigger(&self.pool, trigger_id).await
+    /// The email trigger `trigger_id` names, if any (looked up before a body
+    /// is read; remembered, see [`InboundService::receive`]).
+    pub async fn trigger(&self, trigger_id: Uuid) -> Result<Option<Arc<EmailTarget>>, sqlx::Error> {
+        let remembered = self
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&trigger_id)
+            .cloned();
+        match remembered {
+            Some(target) => Ok(Some(target)),
+            None => self.look_up(trigger_id).await,
+        }
+    }
+
+    /// Reads the email trigger afresh and remembers (or forgets) it.
+    async fn look_up(&self, trigger_id: Uuid) -> Result<Option<Arc<EmailTarget>>, sqlx::Error> {
+        let target = repo::inbound::email_trigger(&self.pool, trigger_id)
+            .await?
+            .map(Arc::new);
+        let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        match &target {
+            Some(target) => {
+                if targets.len() >= MAX_REMEMBERED_TARGETS {
+                    targets.clear();
+                }
+                targets.insert(trigger_id, target.clone());
+            }
+            None => {
+                targets.remove(&trigger_id);
+            }
+        }
+        Ok(target)
     }
 
     /// The app's sealed inbound secret (inner `None`: unsigned); `None` when
@@ -87,23 +132,56 @@ impl InboundService {
 
     /// Checks and delivers one request to trigger `trigger_id`'s endpoint;
     /// `mime` when the body is a raw message (`message/rfc822`), else the
-    /// generic JSON shape.
+    /// generic JSON shape. `target` may be a remembered one: the delivery
+    /// commits only if the trigger's secret is still the one checked here,
+    /// and otherwise the trigger is read again and the request checked again.
     pub async fn receive(
         &self,
         trigger_id: Uuid,
-        target: &EmailTarget,
+        target: Arc<EmailTarget>,
         headers: &SignatureHeaders<'_>,
         body: &[u8],
         mime: bool,
     ) -> Result<Received, InboundRefusal> {
-        self.check_signature(
-            target.secret.as_ref(),
-            &Aad::Inbound { trigger_id },
-            headers,
-            body,
-        )?;
-        let email = parse(body, mime)?;
-        self.deliver(trigger_id, headers, email).await
+        let mut target = target;
+        let email = parse_after_check(self, trigger_id, &target, headers, body, mime)?;
+        // A secret changed since `target` was read: read it again and check
+        // again, once (changed twice meanwhile: the sender is asked to retry).
+        for retry in [true, false] {
+            let sealed = target.secret.as_ref().map(repo::inbound::sealed_bytes);
+            match self
+                .deliver(trigger_id, headers, email.clone(), Some(sealed))
+                .await?
+            {
+                Delivery::Accepted(id) => return Ok(Received::Accepted(id)),
+                Delivery::Duplicate(id) => return Ok(Received::Duplicate(id)),
+                Delivery::NoTrigger => {
+                    self.forget(trigger_id);
+                    return Err(InboundRefusal::UnknownTrigger);
+                }
+                Delivery::SecretChanged if retry => {
+                    target = self
+                        .look_up(trigger_id)
+                        .await?
+                        .ok_or(InboundRefusal::UnknownTrigger)?;
+                    self.check_signature(
+                        target.secret.as_ref(),
+                        &Aad::Inbound { trigger_id },
+                        headers,
+                        body,
+                    )?;
+                }
+                Delivery::SecretChanged => {}
+            }
+        }
+        Err(InboundRefusal::NotStored)
+    }
+
+    fn forget(&self, trigger_id: Uuid) {
+        self.targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&trigger_id);
     }
 
     /// Checks one request to the app's endpoint and delivers it to every email
@@ -125,7 +203,7 @@ impl InboundService {
             body,
         )?;
         let email = parse(body, mime)?;
-        let mut received = Vec::new();
+        let mut answers = Vec::new();
         for (trigger_id, filter, signed) in
             repo::inbound::app_email_triggers(&self.pool, app).await?
         {
@@ -145,11 +223,17 @@ impl InboundService {
             let Some(tag) = tag else { continue };
             let mut routed = email.clone();
             routed.tag = tag;
-            match self.deliver(trigger_id, headers, routed).await {
-                Ok(one) => received.push(one),
+            let item = delivery_item(trigger_id, headers, routed, None)?;
+            answers.push(self.writer.enqueue(item).await?);
+        }
+        // Enqueued together, they are usually written in one batch.
+        let mut received = Vec::new();
+        for answer in answers {
+            match wait_for(answer).await? {
+                Delivery::Accepted(id) => received.push(Received::Accepted(id)),
+                Delivery::Duplicate(id) => received.push(Received::Duplicate(id)),
                 // Deleted since it was listed.
-                Err(InboundRefusal::UnknownTrigger) => {}
-                Err(e) => return Err(e),
+                Delivery::NoTrigger | Delivery::SecretChanged => {}
             }
         }
         Ok(received)
@@ -239,36 +323,215 @@ impl InboundService {
             .map_err(InboundRefusal::Unsigned)
     }
 
-    /// Delivers one email to one trigger, deduplicated by `webhook-id`, else `message_id`.
+    /// Delivers one email to one trigger, deduplicated by `webhook-id`, else
+    /// `message_id`; `secret: Some(s)` commits only while the trigger's
+    /// sealed secret is `s` (`Some(None)`: unsigned).
     async fn deliver(
         &self,
         trigger_id: Uuid,
         headers: &SignatureHeaders<'_>,
         email: InboundEmail,
-    ) -> Result<Received, InboundRefusal> {
-        // Hashed: ids are the sender's, of any length (an index entry is not).
-        let digest = |kind: &str, id: &str| {
-            use sha2::{Digest, Sha256};
-            format!("{kind}:{}", hex::encode(Sha256::digest(id.as_bytes())))
-        };
-        let dedupe_key = headers
-            .webhook_id
-            .map(|id| digest("webhook-id", id))
-            .or_else(|| email.message_id.as_deref().map(|m| digest("message-id", m)));
-        let payload = serde_json::to_value(TriggerEvent::Email { email }).map_err(|_| {
-            InboundRefusal::Malformed(MalformedEmail("the email cannot be encoded".into()))
-        })?;
-        match repo::inbound::deliver(&self.pool, trigger_id, dedupe_key.as_deref(), &payload)
-            .await?
-        {
-            Delivery::Accepted(id) => {
-                self.notifier.poke();
-                Ok(Received::Accepted(id))
-            }
-            Delivery::Duplicate(id) => Ok(Received::Duplicate(id)),
-            Delivery::NoTrigger => Err(InboundRefusal::UnknownTrigger),
-        }
+        secret: Option<Option<Vec<u8>>>,
+    ) -> Result<Delivery, InboundRefusal> {
+        let item = delivery_item(trigger_id, headers, email, secret)?;
+        let answer = self.writer.enqueue(item).await?;
+        wait_for(answer).await
     }
+}
+
+/// One email for one trigger, deduplicated by `webhook-id`, else `message_id`.
+fn delivery_item(
+    trigger_id: Uuid,
+    headers: &SignatureHeaders<'_>,
+    email: InboundEmail,
+    secret: Option<Option<Vec<u8>>>,
+) -> Result<DeliveryItem, InboundRefusal> {
+    // Hashed: ids are the sender's, of any length (an index entry is not).
+    let digest = |kind: &str, id: &str| {
+        use sha2::{Digest, Sha256};
+        format!("{kind}:{}", hex::encode(Sha256::digest(id.as_bytes())))
+    };
+    let dedupe_key = headers
+        .webhook_id
+        .map(|id| digest("webhook-id", id))
+        .or_else(|| email.message_id.as_deref().map(|m| digest("message-id", m)));
+    let payload = serde_json::to_string(&TriggerEvent::Email { email }).map_err(|_| {
+        InboundRefusal::Malformed(MalformedEmail("the email cannot be encoded".into()))
+    })?;
+    Ok(DeliveryItem {
+        trigger_id,
+        dedupe_key,
+        payload,
+        check_secret: secret.is_some(),
+        secret: secret.flatten(),
+    })
+}
+
+/// The outcome of an enqueued delivery.
+async fn wait_for(
+    answer: oneshot::Receiver<Result<Delivery, ()>>,
+) -> Result<Delivery, InboundRefusal> {
+    answer
+        .await
+        .map_err(|_| InboundRefusal::NotStored)?
+        .map_err(|()| InboundRefusal::NotStored)
+}
+
+/// Emails waiting for the delivery writer, most.
+const WRITER_QUEUE: usize = 4096;
+/// Batches written at once: few, so that requests arriving during a commit
+/// gather into the next batch rather than each taking a connection.
+const WRITERS: usize = 2;
+/// Emails in one batch, most.
+const MAX_BATCH_ITEMS: usize = 256;
+/// Payload bytes in one batch, most (one email may exceed it alone).
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// One email waiting to be written, and where its outcome goes.
+struct PendingDelivery {
+    item: DeliveryItem,
+    answer: oneshot::Sender<Result<Delivery, ()>>,
+}
+
+/// Writes inbound emails in batches: whatever arrived while the previous
+/// batches were being committed goes in one statement and one commit, so
+/// concurrent requests share a WAL flush (group commit at the application)
+/// and an idle server adds no delay. Each request is answered after its
+/// batch commits.
+#[derive(Clone)]
+struct DeliveryWriter {
+    queue: mpsc::Sender<PendingDelivery>,
+}
+
+impl DeliveryWriter {
+    /// Starts the writer on the current tokio runtime; it ends when every
+    /// sender is gone.
+    fn start(pool: PgPool, notifier: OutboxNotifier) -> Self {
+        let (queue, pending) = mpsc::channel(WRITER_QUEUE);
+        tokio::spawn(write_batches(pool, notifier, pending));
+        Self { queue }
+    }
+
+    /// Queues `item`; its outcome arrives on the returned receiver.
+    async fn enqueue(
+        &self,
+        item: DeliveryItem,
+    ) -> Result<oneshot::Receiver<Result<Delivery, ()>>, InboundRefusal> {
+        let (answer, outcome) = oneshot::channel();
+        self.queue
+            .send(PendingDelivery { item, answer })
+            .await
+            .map_err(|_| InboundRefusal::NotStored)?;
+        Ok(outcome)
+    }
+}
+
+/// A batch being assembled.
+#[derive(Default)]
+struct Batch {
+    deliveries: Vec<PendingDelivery>,
+    keys: HashSet<(Uuid, String)>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// Adds `delivery`, or holds it for a later batch when this one has its dedupe key.
+    fn add(&mut self, delivery: PendingDelivery, held: &mut VecDeque<PendingDelivery>) {
+        if let Some(key) = &delivery.item.dedupe_key {
+            if !self.keys.insert((delivery.item.trigger_id, key.clone())) {
+                held.push_back(delivery);
+                return;
+            }
+        }
+        self.bytes += delivery.item.payload.len();
+        self.deliveries.push(delivery);
+    }
+
+    fn full(&self) -> bool {
+        self.deliveries.len() >= MAX_BATCH_ITEMS || self.bytes >= MAX_BATCH_BYTES
+    }
+}
+
+/// The writer's loop: takes a batch whenever a writer slot is free.
+async fn write_batches(
+    pool: PgPool,
+    notifier: OutboxNotifier,
+    mut pending: mpsc::Receiver<PendingDelivery>,
+) {
+    let slots = Arc::new(Semaphore::new(WRITERS));
+    // Copies of an email already in the batch being assembled wait for the
+    // next one (one statement cannot record a dedupe key twice).
+    let mut held: VecDeque<PendingDelivery> = VecDeque::new();
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match held.pop_front() {
+            Some(first) => first,
+            None => match pending.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let mut batch = Batch::default();
+        batch.add(first, &mut held);
+        for _ in 0..held.len() {
+            match held.pop_front() {
+                Some(next) if !batch.full() => batch.add(next, &mut held),
+                Some(next) => held.push_front(next),
+                None => break,
+            }
+        }
+        while !batch.full() {
+            match pending.try_recv() {
+                Ok(next) => batch.add(next, &mut held),
+                Err(_) => break,
+            }
+        }
+        let batch = batch.deliveries;
+        let pool = pool.clone();
+        let notifier = notifier.clone();
+        tokio::spawn(async move {
+            let (items, answers): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|d| (d.item, d.answer)).unzip();
+            match repo::inbound::deliver_batch(&pool, &items).await {
+                Ok(outcomes) => {
+                    if outcomes.iter().any(|o| matches!(o, Delivery::Accepted(_))) {
+                        notifier.poke();
+                    }
+                    for (answer, outcome) in answers.into_iter().zip(outcomes) {
+                        // The request may be gone; its email is stored regardless.
+                        let _ = answer.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, emails = items.len(), "storing inbound emails failed");
+                    for answer in answers {
+                        let _ = answer.send(Err(()));
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Checks the request against `target`'s secret, then reads the email.
+fn parse_after_check(
+    service: &InboundService,
+    trigger_id: Uuid,
+    target: &EmailTarget,
+    headers: &SignatureHeaders<'_>,
+    body: &[u8],
+    mime: bool,
+) -> Result<InboundEmail, InboundRefusal> {
+    service.check_signature(
+        target.secret.as_ref(),
+        &Aad::Inbound { trigger_id },
+        headers,
+        body,
+    )?;
+    parse(body, mime)
 }
 
 /// The body as an email: raw MIME or the generic JSON shape.
@@ -279,4 +542,59 @@ fn parse(body: &[u8], mime: bool) -> Result<InboundEmail, InboundRefusal> {
         parse_json_email(body, Utc::now())
     }
     .map_err(InboundRefusal::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(trigger_id: Uuid, key: Option<&str>) -> PendingDelivery {
+        PendingDelivery {
+            item: DeliveryItem {
+                trigger_id,
+                dedupe_key: key.map(str::to_owned),
+                payload: "{}".into(),
+                secret: None,
+                check_secret: false,
+            },
+            answer: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn a_batch_holds_back_a_second_copy_of_an_email() {
+        let (one, two) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut batch = Batch::default();
+        let mut held = VecDeque::new();
+        for delivery in [
+            pending(one, Some("a")),
+            pending(one, Some("a")),
+            pending(two, Some("a")),
+            pending(one, None),
+            pending(one, None),
+        ] {
+            batch.add(delivery, &mut held);
+        }
+        assert_eq!(batch.deliveries.len(), 4);
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].item.dedupe_key.as_deref(), Some("a"));
+        assert_eq!(held[0].item.trigger_id, one);
+    }
+
+    #[test]
+    fn a_batch_is_full_at_its_item_or_byte_limit() {
+        let mut batch = Batch::default();
+        let mut held = VecDeque::new();
+        for _ in 0..MAX_BATCH_ITEMS - 1 {
+            batch.add(pending(Uuid::new_v4(), None), &mut held);
+        }
+        assert!(!batch.full());
+        batch.add(pending(Uuid::new_v4(), None), &mut held);
+        assert!(batch.full());
+        let mut big = pending(Uuid::new_v4(), None);
+        big.item.payload = "x".repeat(MAX_BATCH_BYTES);
+        let mut batch = Batch::default();
+        batch.add(big, &mut held);
+        assert!(batch.full());
+    }
 }

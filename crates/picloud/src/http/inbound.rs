@@ -196,7 +196,8 @@ fn refusal_result(e: &ApiError) -> &'static str {
         ApiError::TooLarge { .. } => "too_large",
         ApiError::RateLimited { .. } => "rate_limited",
         ApiError::NotFound(_) => "not_found",
-        _ => "malformed",
+        ApiError::BadRequest(_) | ApiError::Validation(_) | ApiError::Timeout(_) => "malformed",
+        _ => "unavailable",
     }
 }
 
@@ -210,6 +211,7 @@ fn refusal(e: InboundRefusal, what: &'static str) -> ApiError {
         ),
         InboundRefusal::Malformed(e) => ApiError::BadRequest(e.0),
         InboundRefusal::Database(e) => ManagerError::Database(e).into(),
+        InboundRefusal::NotStored => ApiError::Unavailable(InboundRefusal::NotStored.to_string()),
     }
 }
 
@@ -255,7 +257,7 @@ async fn receive(
     let signature = signature_headers(&headers);
     match st
         .inbound
-        .receive(trigger_id, &target, &signature, &body.bytes, mime)
+        .receive(trigger_id, target, &signature, &body.bytes, mime)
         .await
         .map_err(|e| refusal(e, "email trigger"))?
     {
