@@ -621,3 +621,85 @@ async fn a_bad_key_on_a_public_script_is_401_not_ignored(pool: PgPool) {
         .await;
     assert_eq!((status, body), (StatusCode::OK, json!(42)));
 }
+
+/// A request to `uri` whose body sends `sent` and then never ends.
+fn held_body_request(
+    uri: &str,
+    declared: usize,
+    sent: Vec<u8>,
+    pulled: std::sync::Arc<tokio::sync::Notify>,
+) -> Request<Body> {
+    use futures_util::StreamExt;
+    let first = futures_util::stream::once(async move {
+        pulled.notify_one();
+        Ok::<_, std::io::Error>(axum::body::Bytes::from(sent))
+    });
+    Request::post(uri)
+        .header("content-type", "application/json")
+        .header("content-length", declared.to_string())
+        .body(Body::from_stream(
+            first.chain(futures_util::stream::pending()),
+        ))
+        .expect("valid request")
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn bodies_hold_the_body_budget_by_what_they_sent_not_what_they_declared(pool: PgPool) {
+    let mut config = support::test_config();
+    config.max_body_buffer_bytes = 1 << 20;
+    config.max_request_bytes = 1 << 20;
+    let t = TestApp::with_config(pool, config).await;
+    let app = t.create_app("budget").await;
+    t.create_script(&app, "pub", "1", true).await;
+    let uri = format!("/api/v1/apps/{app}/invoke/pub");
+    let complete = |size: usize| {
+        Request::post(&uri)
+            .header("content-type", "application/json")
+            .body(Body::from(format!("\"{}\"", "x".repeat(size - 2))))
+            .expect("valid request")
+    };
+    // Declared near the whole budget but not sent: holds nothing.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let pulled = std::sync::Arc::new(tokio::sync::Notify::new());
+        let request = held_body_request(&uri, 900_000, Vec::new(), pulled.clone());
+        held.push(tokio::spawn(tower::ServiceExt::oneshot(
+            t.router.clone(),
+            request,
+        )));
+        pulled.notified().await;
+    }
+    let (status, body) = t.send(complete(600_000)).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    // Sent and held: 800 KB of the 1 MiB...
+    for _ in 0..2 {
+        let pulled = std::sync::Arc::new(tokio::sync::Notify::new());
+        let mut prefix = vec![b' '; 400_000];
+        prefix[0] = b'[';
+        let request = held_body_request(&uri, 500_000, prefix, pulled.clone());
+        held.push(tokio::spawn(tower::ServiceExt::oneshot(
+            t.router.clone(),
+            request,
+        )));
+        pulled.notified().await;
+        tokio::task::yield_now().await;
+    }
+    // ...so a body of 400 KB does not fit, while a small one does.
+    let (status, body) = t.send(complete(400_000)).await;
+    let body = parse(&body);
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    let (status, _) = t.send(complete(100_000)).await;
+    assert_eq!(status, StatusCode::OK);
+    // Once the held bodies go, their bytes come back.
+    for request in held {
+        request.abort();
+        let _ = request.await;
+    }
+    let (status, _) = t.send(complete(900_000)).await;
+    assert_eq!(status, StatusCode::OK);
+}

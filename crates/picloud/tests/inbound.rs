@@ -729,3 +729,154 @@ async fn one_batch_answers_each_email_for_itself(pool: PgPool) {
         .unwrap();
     assert!(matches!(later[0], Delivery::Accepted(_)), "{later:?}");
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn requests_with_a_bad_signature_do_not_spend_a_signed_urls_rate(pool: PgPool) {
+    let mut config = test_config();
+    config.inbound_rate_per_min = 3;
+    let t = TestApp::with_config(pool.clone(), config).await;
+    let app = t.create_app("mail").await;
+    let trigger = email_trigger(&t, &app, Some(SECRET)).await;
+    let body = br#"{"from":"ann@example.com"}"#;
+    // Anyone who knows the URL can send these; they must not use up its rate.
+    for _ in 0..10 {
+        let (status, resp) = post(
+            &t,
+            &trigger,
+            body,
+            &[(
+                "x-picloud-signature",
+                picloud_signature("not-the-secret-at-all", body),
+            )],
+        )
+        .await;
+        assert_error(status, &resp, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let signed = [("x-picloud-signature", picloud_signature(SECRET, body))];
+    for _ in 0..3 {
+        let (status, resp) = post(&t, &trigger, body, &signed).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
+    }
+    // Signed requests do spend it.
+    let (status, resp) = post(&t, &trigger, body, &signed).await;
+    assert_error(status, &resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert_eq!(outbox_count(&pool, &trigger).await, 3);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_webhook_id_the_signature_does_not_cover_is_not_a_dedupe_key(pool: PgPool) {
+    let t = TestApp::new(pool.clone()).await;
+    let app = t.create_app("mail").await;
+    let trigger = email_trigger(&t, &app, Some(SECRET)).await;
+    // X-PiCloud-Signature covers the body only: a webhook-id beside it could be
+    // anyone's, and must not make a later, different email a "duplicate".
+    let first = br#"{"from":"ann@example.com","text":"one"}"#;
+    let second = br#"{"from":"ann@example.com","text":"two"}"#;
+    let mut events = Vec::new();
+    for body in [&first[..], &second[..]] {
+        let (status, resp) = post(
+            &t,
+            &trigger,
+            body,
+            &[
+                ("x-picloud-signature", picloud_signature(SECRET, body)),
+                ("webhook-id", "msg_chosen_by_anyone".to_owned()),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
+        events.push(resp["event_id"].clone());
+    }
+    assert_ne!(events[0], events[1]);
+    // With such a signature, the message_id (which it covers) deduplicates.
+    let with_id = br#"{"from":"ann@example.com","message_id":"<m1@example.com>"}"#;
+    let mut answers = Vec::new();
+    for webhook_id in ["msg_a", "msg_b"] {
+        answers.push(
+            post(
+                &t,
+                &trigger,
+                with_id,
+                &[
+                    ("x-picloud-signature", picloud_signature(SECRET, with_id)),
+                    ("webhook-id", webhook_id.to_owned()),
+                ],
+            )
+            .await,
+        );
+    }
+    assert_eq!(answers[0].0, StatusCode::ACCEPTED, "{answers:?}");
+    assert_eq!(answers[1].0, StatusCode::OK, "{answers:?}");
+    assert_eq!(answers[0].1["event_id"], answers[1].1["event_id"]);
+    assert_eq!(outbox_count(&pool, &trigger).await, 3);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn oversized_header_fields_are_cut_and_flagged(pool: PgPool) {
+    let mut config = test_config();
+    config.inbound_max_bytes = 4 << 20;
+    let t = TestApp::with_config(pool.clone(), config).await;
+    let app = t.create_app("mail").await;
+    let trigger = email_trigger(&t, &app, None).await;
+    let many: Vec<String> = (0..150).map(|i| format!("r{i}@example.org")).collect();
+    let body = json!({
+        "from": "ann@example.com",
+        "to": many,
+        "subject": "s".repeat(2 << 20),
+        "attachments": [{"filename": "f".repeat(10_000), "content": "aGk="}],
+    })
+    .to_string();
+    let (status, resp) = post(&t, &trigger, body.as_bytes(), &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
+    let payload: sqlx::types::Json<Value> =
+        sqlx::query_scalar("SELECT payload FROM outbox WHERE trigger_id = $1::uuid")
+            .bind(&trigger)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let email = &payload.0["email"];
+    assert_eq!(email["truncated"], true);
+    assert_eq!(email["subject"].as_str().unwrap().len(), 4096);
+    assert_eq!(email["to"].as_array().unwrap().len(), 100);
+    assert_eq!(
+        email["attachments"][0]["filename"].as_str().unwrap().len(),
+        255
+    );
+    let long_from = json!({"from": format!("{}@example.com", "a".repeat(2000))}).to_string();
+    let (status, resp) = post(&t, &trigger, long_from.as_bytes(), &[]).await;
+    assert_error(status, &resp, StatusCode::BAD_REQUEST, "bad_request");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_whsec_secret_that_is_not_base64_is_refused(pool: PgPool) {
+    let t = TestApp::new(pool.clone()).await;
+    let app = t.create_app("mail").await;
+    let script = t.create_script(&app, "h", "1", false).await;
+    let (status, resp) = t
+        .admin(
+            Method::POST,
+            &format!("/api/v1/admin/apps/{app}/triggers"),
+            Some(json!({"kind": "email", "script_id": script,
+                "config": {"inbound_secret": "whsec_this is not base64!"}})),
+        )
+        .await;
+    assert_error(
+        status,
+        &resp,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+    );
+    let (status, resp) = t
+        .admin(
+            Method::PUT,
+            &format!("/api/v1/admin/apps/{app}/email-inbound"),
+            Some(json!({"secret": "whsec_this is not base64!"})),
+        )
+        .await;
+    assert_error(
+        status,
+        &resp,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+    );
+}

@@ -51,6 +51,53 @@ pub struct SignatureHeaders<'a> {
     pub webhook_signature: Option<&'a str>,
 }
 
+/// The scheme a request's signature was verified with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureScheme {
+    /// `X-PiCloud-Signature`: over the body only (a `webhook-id` header is not covered).
+    PiCloud,
+    /// Standard Webhooks: over `webhook-id`, `webhook-timestamp` and the body.
+    StandardWebhooks,
+}
+
+/// Checks an inbound secret before it is stored: 16-256 characters without
+/// control characters, and a `whsec_` secret must be base64 after the prefix
+/// (Standard Webhooks decodes it; one that does not decode could never verify).
+pub fn validate_inbound_secret(secret: &str) -> Result<(), &'static str> {
+    if !(16..=256).contains(&secret.chars().count()) || secret.chars().any(char::is_control) {
+        return Err("must be 16-256 characters without control characters");
+    }
+    if let Some(encoded) = secret.strip_prefix("whsec_") {
+        match base64::engine::general_purpose::STANDARD.decode(encoded) {
+            Ok(key) if !key.is_empty() => {}
+            _ => return Err("starts with whsec_, so the rest must be base64 (Standard Webhooks)"),
+        }
+    }
+    Ok(())
+}
+
+/// The signature headers of a request, owned (a request can then be checked
+/// on another thread).
+#[derive(Debug, Clone, Default)]
+pub struct SignatureHeaderValues {
+    pub picloud: Option<String>,
+    pub webhook_id: Option<String>,
+    pub webhook_timestamp: Option<String>,
+    pub webhook_signature: Option<String>,
+}
+
+impl SignatureHeaderValues {
+    /// The headers, borrowed.
+    pub fn headers(&self) -> SignatureHeaders<'_> {
+        SignatureHeaders {
+            picloud: self.picloud.as_deref(),
+            webhook_id: self.webhook_id.as_deref(),
+            webhook_timestamp: self.webhook_timestamp.as_deref(),
+            webhook_signature: self.webhook_signature.as_deref(),
+        }
+    }
+}
+
 /// Why a request's signature was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureError {
@@ -87,13 +134,13 @@ impl std::error::Error for SignatureError {}
 /// Checks `body` against `secret` with whichever scheme the request used.
 /// `X-PiCloud-Signature` wins when both are present. Every comparison is
 /// `hmac`'s constant-time check over the full MAC length, so an empty or
-/// truncated signature fails. `now` is Unix seconds.
+/// truncated signature fails. `now` is Unix seconds. Returns the scheme that verified.
 pub fn verify_signature(
     secret: &str,
     headers: &SignatureHeaders<'_>,
     body: &[u8],
     now: i64,
-) -> Result<(), SignatureError> {
+) -> Result<SignatureScheme, SignatureError> {
     if let Some(header) = headers.picloud {
         let hex_mac = header
             .trim()
@@ -104,6 +151,7 @@ pub fn verify_signature(
         mac.update(body);
         return mac
             .verify_slice(&expected)
+            .map(|()| SignatureScheme::PiCloud)
             .map_err(|_| SignatureError::Mismatch);
     }
     let Some(signatures) = headers.webhook_signature else {
@@ -146,7 +194,7 @@ pub fn verify_signature(
         matched |= mac.clone().verify_slice(&bytes).is_ok();
     }
     if matched {
-        Ok(())
+        Ok(SignatureScheme::StandardWebhooks)
     } else {
         Err(SignatureError::Mismatch)
     }
@@ -243,8 +291,7 @@ pub fn parse_json_email(
     }
     let (text, text_cut) = capped(parsed.text);
     let (html, html_cut) = capped(parsed.html);
-    let tag = to.iter().find_map(|address| plus_tag(address));
-    Ok(InboundEmail {
+    within_limits(InboundEmail {
         from,
         to,
         cc: parsed.cc.unwrap_or_default(),
@@ -254,7 +301,7 @@ pub fn parse_json_email(
         message_id: parsed.message_id,
         received_at,
         attachments,
-        tag,
+        tag: None,
         truncated: text_cut || html_cut,
     })
 }
@@ -319,8 +366,7 @@ pub fn parse_mime_email(
         .collect();
     let (text, text_cut) = capped(text);
     let (html, html_cut) = capped(html);
-    let tag = to.iter().find_map(|address| plus_tag(address));
-    Ok(InboundEmail {
+    within_limits(InboundEmail {
         from,
         to,
         cc,
@@ -330,9 +376,66 @@ pub fn parse_mime_email(
         message_id: message.message_id().map(|id| format!("<{id}>")),
         received_at,
         attachments,
-        tag,
+        tag: None,
         truncated: text_cut || html_cut,
     })
+}
+
+/// Bytes of a header field kept: RFC 5322's line limit, for an address
+/// (with its display name) and a `message_id`.
+pub const MAX_FIELD_BYTES: usize = 998;
+/// Bytes of a subject kept.
+pub const MAX_SUBJECT_BYTES: usize = 4096;
+/// Addresses kept of `to`, and of `cc`.
+pub const MAX_LISTED_RECIPIENTS: usize = 100;
+/// Bytes of an attachment's `filename`, `content_type` and `sha256` kept.
+pub const MAX_ATTACHMENT_FIELD_BYTES: usize = 255;
+
+/// The email with every header field within its limit, so one request
+/// cannot make an outbox row (per routed trigger) or a handler's strings
+/// huge: a `from` over [`MAX_FIELD_BYTES`] is malformed; a longer subject,
+/// `message_id` or attachment field is cut, longer addresses and addresses
+/// past [`MAX_LISTED_RECIPIENTS`] are dropped, and `truncated` says so.
+fn within_limits(mut email: InboundEmail) -> Result<InboundEmail, MalformedEmail> {
+    if email.from.len() > MAX_FIELD_BYTES {
+        return Err(MalformedEmail(format!(
+            "from is longer than {MAX_FIELD_BYTES} bytes"
+        )));
+    }
+    let mut cut = false;
+    for list in [&mut email.to, &mut email.cc] {
+        let before = list.len();
+        list.retain(|address| address.len() <= MAX_FIELD_BYTES);
+        list.truncate(MAX_LISTED_RECIPIENTS);
+        cut |= list.len() < before;
+    }
+    cut |= cut_to(&mut email.subject, MAX_SUBJECT_BYTES);
+    if let Some(id) = &mut email.message_id {
+        cut |= cut_to(id, MAX_FIELD_BYTES);
+    }
+    for attachment in &mut email.attachments {
+        if let Some(name) = &mut attachment.filename {
+            cut |= cut_to(name, MAX_ATTACHMENT_FIELD_BYTES);
+        }
+        cut |= cut_to(&mut attachment.content_type, MAX_ATTACHMENT_FIELD_BYTES);
+        cut |= cut_to(&mut attachment.sha256, MAX_ATTACHMENT_FIELD_BYTES);
+    }
+    email.tag = email.to.iter().find_map(|address| plus_tag(address));
+    email.truncated |= cut;
+    Ok(email)
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary; whether it did.
+fn cut_to(text: &mut String, max: usize) -> bool {
+    if text.len() <= max {
+        return false;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    true
 }
 
 /// `Name <address>` or `address`.
@@ -439,7 +542,10 @@ mod tests {
                 ..SignatureHeaders::default()
             }
         }
-        assert_eq!(verify_signature(SECRET, &headers(&good), body, 0), Ok(()));
+        assert_eq!(
+            verify_signature(SECRET, &headers(&good), body, 0),
+            Ok(SignatureScheme::PiCloud)
+        );
         for (value, error) in [
             ("sha256=", SignatureError::Mismatch),
             (&good[..good.len() - 1], SignatureError::Malformed),
@@ -491,13 +597,19 @@ mod tests {
                 at,
             )
         };
-        assert_eq!(check(&good, &ts, now), Ok(()));
+        assert_eq!(
+            check(&good, &ts, now),
+            Ok(SignatureScheme::StandardWebhooks)
+        );
         assert_eq!(
             check(&format!("v1,bm9wZQ== {good}"), &ts, now),
-            Ok(()),
+            Ok(SignatureScheme::StandardWebhooks),
             "one of several"
         );
-        assert_eq!(check(&good, &ts, now + 299), Ok(()));
+        assert_eq!(
+            check(&good, &ts, now + 299),
+            Ok(SignatureScheme::StandardWebhooks)
+        );
         assert_eq!(check(&good, &ts, now + 301), Err(SignatureError::Stale));
         assert_eq!(check(&good, &ts, now - 301), Err(SignatureError::Stale));
         assert_eq!(
@@ -528,7 +640,7 @@ mod tests {
                 body,
                 now
             ),
-            Ok(())
+            Ok(SignatureScheme::StandardWebhooks)
         );
     }
 

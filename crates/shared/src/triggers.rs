@@ -323,13 +323,8 @@ impl TriggerConfig {
             TriggerConfig::Pubsub(c) => validate_topic_pattern(&c.topic)?,
             TriggerConfig::Email(c) => {
                 if let Some(secret) = &c.inbound_secret {
-                    if !(16..=256).contains(&secret.chars().count())
-                        || secret.chars().any(char::is_control)
-                    {
-                        return Err(invalid(
-                            "config.inbound_secret must be 16-256 characters without control characters",
-                        ));
-                    }
+                    crate::inbound::validate_inbound_secret(secret)
+                        .map_err(|why| invalid(format!("config.inbound_secret {why}")))?;
                 }
                 if let Some(filter) = &c.recipient_filter {
                     check_filter("config.recipient_filter", filter, false)?;
@@ -447,7 +442,8 @@ pub struct InboundEmail {
     pub attachments: Vec<EmailAttachment>,
     /// The `+tag` of the recipient address, if any.
     pub tag: Option<String>,
-    /// True when `text` or `html` was cut to its limit.
+    /// True when something was cut to its limit: `text` or `html`, the
+    /// subject, `message_id`, attachment fields, or addresses of `to`/`cc`.
     #[serde(default)]
     pub truncated: bool,
 }
@@ -653,6 +649,17 @@ mod tests {
             recipient_filter: None,
         });
         assert!(control.validate().is_err());
+        for (secret, ok) in [
+            ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", true),
+            ("whsec_not base64 at all!!", false),
+            ("whsec_=================", false),
+        ] {
+            let config = TriggerConfig::Email(EmailTriggerConfig {
+                inbound_secret: Some(secret.into()),
+                recipient_filter: None,
+            });
+            assert_eq!(config.validate().is_ok(), ok, "{secret}");
+        }
         let dead: DeadLetterTriggerConfig = serde_json::from_value(json!({})).unwrap();
         assert!(TriggerConfig::DeadLetter(dead).validate().is_ok());
         assert!(serde_json::from_value::<DeadLetterTriggerConfig>(

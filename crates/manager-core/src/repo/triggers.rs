@@ -162,6 +162,7 @@ pub async fn delete(db: impl PgExecutor<'_>, app: AppId, id: Uuid) -> Result<boo
 }
 
 /// An email trigger's sealed inbound secret, as stored.
+#[derive(Clone)]
 pub struct SealedInbound {
     pub key_id: String,
     pub nonce: Vec<u8>,

@@ -11,13 +11,15 @@ use crate::{
     },
     service::events::OutboxNotifier,
 };
+use bytes::Bytes;
 use chrono::Utc;
 use picloud_shared::{
     crypto::{Aad, Keyring, Sealed},
     ids::AppId,
     inbound::{
-        parse_json_email, parse_mime_email, recipient_matches, verify_signature, AppInbound,
-        MalformedEmail, SignatureError, SignatureHeaders,
+        parse_json_email, parse_mime_email, recipient_matches, validate_inbound_secret,
+        verify_signature, AppInbound, MalformedEmail, SignatureError, SignatureHeaderValues,
+        SignatureScheme,
     },
     triggers::{InboundEmail, TriggerEvent},
 };
@@ -130,29 +132,57 @@ impl InboundService {
         repo::inbound::app_secret(&self.pool, app).await
     }
 
-    /// Checks and delivers one request to trigger `trigger_id`'s endpoint;
-    /// `mime` when the body is a raw message (`message/rfc822`), else the
-    /// generic JSON shape. `target` may be a remembered one: the delivery
-    /// commits only if the trigger's secret is still the one checked here,
-    /// and otherwise the trigger is read again and the request checked again.
-    pub async fn receive(
+    /// Checks one request to trigger `trigger_id`'s endpoint against its
+    /// secret and reads its body: raw MIME when `mime` (`message/rfc822`),
+    /// else the generic JSON shape. Delivered with [`InboundService::deliver`].
+    pub async fn check(
         &self,
         trigger_id: Uuid,
         target: Arc<EmailTarget>,
-        headers: &SignatureHeaders<'_>,
-        body: &[u8],
+        headers: SignatureHeaderValues,
+        body: Bytes,
         mime: bool,
-    ) -> Result<Received, InboundRefusal> {
-        let mut target = target;
-        let email = parse_after_check(self, trigger_id, &target, headers, body, mime)?;
+    ) -> Result<CheckedEmail, InboundRefusal> {
+        let request = Arc::new(InboundRequest {
+            headers,
+            body,
+            mime,
+        });
+        let (email, scheme) = self
+            .check_and_parse(
+                target.secret.clone(),
+                AadOwner::Trigger(trigger_id),
+                &request,
+            )
+            .await?;
+        Ok(CheckedEmail {
+            trigger_id,
+            target,
+            request,
+            email,
+            scheme,
+        })
+    }
+
+    /// Delivers a checked email. Its `target` may have been a remembered
+    /// one: the delivery commits only if the trigger's secret is still the
+    /// one it was checked with, and otherwise the trigger is read again and
+    /// the request checked again.
+    pub async fn deliver(&self, checked: CheckedEmail) -> Result<Received, InboundRefusal> {
+        let CheckedEmail {
+            trigger_id,
+            mut target,
+            request,
+            email,
+            mut scheme,
+        } = checked;
         // A secret changed since `target` was read: read it again and check
         // again, once (changed twice meanwhile: the sender is asked to retry).
         for retry in [true, false] {
             let sealed = target.secret.as_ref().map(repo::inbound::sealed_bytes);
-            match self
-                .deliver(trigger_id, headers, email.clone(), Some(sealed))
-                .await?
-            {
+            let webhook_id = trusted_webhook_id(scheme, &request.headers);
+            let item = delivery_item(trigger_id, webhook_id, email.clone(), Some(sealed))?;
+            match wait_for(self.writer.enqueue(item).await?).await? {
                 Delivery::Accepted(id) => return Ok(Received::Accepted(id)),
                 Delivery::Duplicate(id) => return Ok(Received::Duplicate(id)),
                 Delivery::NoTrigger => {
@@ -164,12 +194,13 @@ impl InboundService {
                         .look_up(trigger_id)
                         .await?
                         .ok_or(InboundRefusal::UnknownTrigger)?;
-                    self.check_signature(
-                        target.secret.as_ref(),
-                        &Aad::Inbound { trigger_id },
-                        headers,
-                        body,
-                    )?;
+                    scheme = self
+                        .verify(
+                            target.secret.clone(),
+                            AadOwner::Trigger(trigger_id),
+                            &request,
+                        )
+                        .await?;
                 }
                 Delivery::SecretChanged => {}
             }
@@ -184,32 +215,51 @@ impl InboundService {
             .remove(&trigger_id);
     }
 
-    /// Checks one request to the app's endpoint and delivers it to every email
+    /// Checks one request to the app's endpoint against the app's secret
+    /// (`None`: unsigned) and reads its body. Delivered with [`InboundService::route`].
+    pub async fn check_for_app(
+        &self,
+        app: Uuid,
+        secret: Option<SealedInbound>,
+        headers: SignatureHeaderValues,
+        body: Bytes,
+        mime: bool,
+    ) -> Result<CheckedAppEmail, InboundRefusal> {
+        let signed = secret.is_some();
+        let request = Arc::new(InboundRequest {
+            headers,
+            body,
+            mime,
+        });
+        let (email, scheme) = self
+            .check_and_parse(secret, AadOwner::App(app), &request)
+            .await?;
+        Ok(CheckedAppEmail {
+            app,
+            signed,
+            webhook_id: trusted_webhook_id(scheme, &request.headers),
+            email,
+        })
+    }
+
+    /// Delivers an email checked at the app's endpoint to every email
     /// trigger of the app whose `recipient_filter` matches an address in `to`
     /// or `cc` (a trigger without a filter gets every email), each with the
     /// `+tag` of the address it matched. No match: an empty list.
-    pub async fn receive_for_app(
-        &self,
-        app: Uuid,
-        secret: Option<&SealedInbound>,
-        headers: &SignatureHeaders<'_>,
-        body: &[u8],
-        mime: bool,
-    ) -> Result<Vec<Received>, InboundRefusal> {
-        self.check_signature(
-            secret,
-            &Aad::InboundApp { app_id: AppId(app) },
-            headers,
-            body,
-        )?;
-        let email = parse(body, mime)?;
+    pub async fn route(&self, checked: CheckedAppEmail) -> Result<Vec<Received>, InboundRefusal> {
+        let CheckedAppEmail {
+            app,
+            signed,
+            webhook_id,
+            email,
+        } = checked;
         let mut answers = Vec::new();
-        for (trigger_id, filter, signed) in
+        for (trigger_id, filter, trigger_signed) in
             repo::inbound::app_email_triggers(&self.pool, app).await?
         {
             // A trigger with a secret of its own is not reached through an
             // unsigned app endpoint: its secret would be moot.
-            if signed && secret.is_none() {
+            if trigger_signed && !signed {
                 continue;
             }
             let tag = match filter.as_deref() {
@@ -223,7 +273,7 @@ impl InboundService {
             let Some(tag) = tag else { continue };
             let mut routed = email.clone();
             routed.tag = tag;
-            let item = delivery_item(trigger_id, headers, routed, None)?;
+            let item = delivery_item(trigger_id, webhook_id.clone(), routed, None)?;
             answers.push(self.writer.enqueue(item).await?);
         }
         // Enqueued together, they are usually written in one batch.
@@ -262,13 +312,8 @@ impl InboundService {
         }
         let sealed = match &secret {
             Some(secret) => {
-                if !(16..=256).contains(&secret.chars().count())
-                    || secret.chars().any(char::is_control)
-                {
-                    return Err(ManagerError::Validation(
-                        "secret must be 16-256 characters without control characters".into(),
-                    ));
-                }
+                validate_inbound_secret(secret)
+                    .map_err(|why| ManagerError::Validation(format!("secret {why}")))?;
                 Some(
                     self.keyring
                         .seal(secret.as_bytes(), &Aad::InboundApp { app_id: app })
@@ -299,50 +344,142 @@ impl InboundService {
         }
     }
 
-    /// Verifies `body` against a stored secret, if there is one.
-    fn check_signature(
+    /// Verifies the request against a stored secret, if there is one (off
+    /// the async runtime when the body is large): the scheme that verified,
+    /// `None` when the endpoint is unsigned.
+    async fn verify(
         &self,
-        stored: Option<&SealedInbound>,
-        aad: &Aad<'_>,
-        headers: &SignatureHeaders<'_>,
-        body: &[u8],
-    ) -> Result<(), InboundRefusal> {
-        let Some(stored) = stored else {
-            return Ok(());
-        };
-        let sealed = Sealed::from_stored(&stored.key_id, &stored.nonce, stored.ciphertext.clone())
-            .map_err(|_| InboundRefusal::SecretUnreadable)?;
-        let secret = self.keyring.open(&sealed, aad).map_err(|_| {
-            tracing::error!(
-                "an inbound secret does not open with the configured keys; refusing its requests"
-            );
-            InboundRefusal::SecretUnreadable
-        })?;
-        let secret = std::str::from_utf8(&secret).map_err(|_| InboundRefusal::SecretUnreadable)?;
-        verify_signature(secret, headers, body, Utc::now().timestamp())
-            .map_err(InboundRefusal::Unsigned)
+        stored: Option<SealedInbound>,
+        owner: AadOwner,
+        request: &Arc<InboundRequest>,
+    ) -> Result<Option<SignatureScheme>, InboundRefusal> {
+        let keyring = self.keyring.clone();
+        let request = request.clone();
+        off_runtime(request.body.len(), move || {
+            verify_stored(&keyring, stored.as_ref(), owner, &request)
+        })
+        .await
     }
 
-    /// Delivers one email to one trigger, deduplicated by `webhook-id`, else
-    /// `message_id`; `secret: Some(s)` commits only while the trigger's
-    /// sealed secret is `s` (`Some(None)`: unsigned).
-    async fn deliver(
+    /// [`InboundService::verify`], then reads the body as an email.
+    async fn check_and_parse(
         &self,
-        trigger_id: Uuid,
-        headers: &SignatureHeaders<'_>,
-        email: InboundEmail,
-        secret: Option<Option<Vec<u8>>>,
-    ) -> Result<Delivery, InboundRefusal> {
-        let item = delivery_item(trigger_id, headers, email, secret)?;
-        let answer = self.writer.enqueue(item).await?;
-        wait_for(answer).await
+        stored: Option<SealedInbound>,
+        owner: AadOwner,
+        request: &Arc<InboundRequest>,
+    ) -> Result<(InboundEmail, Option<SignatureScheme>), InboundRefusal> {
+        let keyring = self.keyring.clone();
+        let request = request.clone();
+        off_runtime(request.body.len(), move || {
+            let scheme = verify_stored(&keyring, stored.as_ref(), owner, &request)?;
+            Ok((parse(&request.body, request.mime)?, scheme))
+        })
+        .await
     }
 }
 
-/// One email for one trigger, deduplicated by `webhook-id`, else `message_id`.
+/// A request to a trigger's endpoint whose signature held, with its email.
+pub struct CheckedEmail {
+    trigger_id: Uuid,
+    target: Arc<EmailTarget>,
+    request: Arc<InboundRequest>,
+    email: InboundEmail,
+    scheme: Option<SignatureScheme>,
+}
+
+/// A request to an app's endpoint whose signature held, with its email.
+pub struct CheckedAppEmail {
+    app: Uuid,
+    signed: bool,
+    webhook_id: Option<String>,
+    email: InboundEmail,
+}
+
+/// A request to an inbound endpoint, as received.
+struct InboundRequest {
+    headers: SignatureHeaderValues,
+    body: Bytes,
+    mime: bool,
+}
+
+/// Whose secret a request is checked against (its associated data).
+#[derive(Clone, Copy)]
+enum AadOwner {
+    Trigger(Uuid),
+    App(Uuid),
+}
+
+/// Bodies above this are checked and parsed on a blocking thread: a 10 MB
+/// MIME message takes milliseconds, which an async worker must not spend.
+const INLINE_BODY_BYTES: usize = 64 * 1024;
+
+/// Runs `work` here for a body of `size` bytes up to [`INLINE_BODY_BYTES`],
+/// else on tokio's blocking threads.
+async fn off_runtime<T: Send + 'static>(
+    size: usize,
+    work: impl FnOnce() -> Result<T, InboundRefusal> + Send + 'static,
+) -> Result<T, InboundRefusal> {
+    if size <= INLINE_BODY_BYTES {
+        return work();
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| InboundRefusal::NotStored)?
+}
+
+/// Verifies `request` against a stored secret, if there is one.
+fn verify_stored(
+    keyring: &Keyring,
+    stored: Option<&SealedInbound>,
+    owner: AadOwner,
+    request: &InboundRequest,
+) -> Result<Option<SignatureScheme>, InboundRefusal> {
+    let Some(stored) = stored else {
+        return Ok(None);
+    };
+    let aad = match owner {
+        AadOwner::Trigger(trigger_id) => Aad::Inbound { trigger_id },
+        AadOwner::App(app) => Aad::InboundApp { app_id: AppId(app) },
+    };
+    let sealed = Sealed::from_stored(&stored.key_id, &stored.nonce, stored.ciphertext.clone())
+        .map_err(|_| InboundRefusal::SecretUnreadable)?;
+    let secret = keyring.open(&sealed, &aad).map_err(|_| {
+        tracing::error!(
+            "an inbound secret does not open with the configured keys; refusing its requests"
+        );
+        InboundRefusal::SecretUnreadable
+    })?;
+    let secret = std::str::from_utf8(&secret).map_err(|_| InboundRefusal::SecretUnreadable)?;
+    verify_signature(
+        secret,
+        &request.headers.headers(),
+        &request.body,
+        Utc::now().timestamp(),
+    )
+    .map(Some)
+    .map_err(InboundRefusal::Unsigned)
+}
+
+/// The `webhook-id` an email may be deduplicated by: one a Standard Webhooks
+/// signature covers, or any on an unsigned endpoint (which takes anything
+/// anyway). `X-PiCloud-Signature` covers the body only, so a `webhook-id`
+/// beside it could be anyone's: such an email is deduplicated by its `message_id`.
+fn trusted_webhook_id(
+    scheme: Option<SignatureScheme>,
+    headers: &SignatureHeaderValues,
+) -> Option<String> {
+    match scheme {
+        Some(SignatureScheme::PiCloud) => None,
+        Some(SignatureScheme::StandardWebhooks) | None => headers.webhook_id.clone(),
+    }
+}
+
+/// One email for one trigger, deduplicated by `webhook_id`, else its
+/// `message_id`; `secret: Some(s)` commits only while the trigger's sealed
+/// secret is `s` (`Some(None)`: unsigned).
 fn delivery_item(
     trigger_id: Uuid,
-    headers: &SignatureHeaders<'_>,
+    webhook_id: Option<String>,
     email: InboundEmail,
     secret: Option<Option<Vec<u8>>>,
 ) -> Result<DeliveryItem, InboundRefusal> {
@@ -351,9 +488,8 @@ fn delivery_item(
         use sha2::{Digest, Sha256};
         format!("{kind}:{}", hex::encode(Sha256::digest(id.as_bytes())))
     };
-    let dedupe_key = headers
-        .webhook_id
-        .map(|id| digest("webhook-id", id))
+    let dedupe_key = webhook_id
+        .map(|id| digest("webhook-id", &id))
         .or_else(|| email.message_id.as_deref().map(|m| digest("message-id", m)));
     let payload = serde_json::to_string(&TriggerEvent::Email { email }).map_err(|_| {
         InboundRefusal::Malformed(MalformedEmail("the email cannot be encoded".into()))
@@ -516,24 +652,6 @@ async fn write_batches(
     }
 }
 
-/// Checks the request against `target`'s secret, then reads the email.
-fn parse_after_check(
-    service: &InboundService,
-    trigger_id: Uuid,
-    target: &EmailTarget,
-    headers: &SignatureHeaders<'_>,
-    body: &[u8],
-    mime: bool,
-) -> Result<InboundEmail, InboundRefusal> {
-    service.check_signature(
-        target.secret.as_ref(),
-        &Aad::Inbound { trigger_id },
-        headers,
-        body,
-    )?;
-    parse(body, mime)
-}
-
 /// The body as an email: raw MIME or the generic JSON shape.
 fn parse(body: &[u8], mime: bool) -> Result<InboundEmail, InboundRefusal> {
     if mime {
@@ -559,6 +677,19 @@ mod tests {
             },
             answer: oneshot::channel().0,
         }
+    }
+
+    #[tokio::test]
+    async fn large_bodies_are_checked_off_the_async_runtime() {
+        let here = std::thread::current().id();
+        let small = off_runtime(INLINE_BODY_BYTES, || Ok(std::thread::current().id()))
+            .await
+            .unwrap();
+        assert_eq!(small, here);
+        let large = off_runtime(INLINE_BODY_BYTES + 1, || Ok(std::thread::current().id()))
+            .await
+            .unwrap();
+        assert_ne!(large, here);
     }
 
     #[test]

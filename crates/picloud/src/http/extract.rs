@@ -37,9 +37,10 @@ pub struct ReadBody {
 /// Reads the whole body, within bounds a slow or hostile client cannot stretch:
 /// - a declared `Content-Length` above the limit is a 413 at once (nothing read,
 ///   no `100 Continue`), and a body that grows past it while read is a 413 too;
-/// - the body takes its size (or, unknown, the limit) from the server-wide
-///   budget of bytes in request bodies (`PICLOUD_MAX_BODY_BUFFER_BYTES`):
-///   none left is a 503, so many half-sent bodies cannot exhaust memory;
+/// - the bytes read are taken from the server-wide budget of bytes in request
+///   bodies (`PICLOUD_MAX_BODY_BUFFER_BYTES`) as they arrive: none left is a
+///   503, so many half-sent bodies cannot exhaust memory, and a body that is
+///   declared but not sent holds nothing;
 /// - the whole body must arrive within `PICLOUD_HTTP_BODY_TIMEOUT_SECS`, or 408.
 pub async fn read_body(req: Request, state: &AppState) -> Result<ReadBody, ApiError> {
     read_body_within(req, state, state.config.max_request_bytes).await
@@ -60,33 +61,47 @@ pub async fn read_body_within(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::body_too_large(limit));
     }
-    let reserve = declared.map_or(limit, |n| n as usize).max(1);
-    let budget = if declared == Some(0) {
-        None
-    } else {
-        Some(state.body_budget.reserve(reserve)?)
-    };
-    let read =
-        http_body_util::BodyExt::collect(http_body_util::Limited::new(req.into_body(), limit));
-    match tokio::time::timeout(state.body_timeout, read).await {
-        Ok(Ok(collected)) => Ok(ReadBody {
-            bytes: collected.to_bytes(),
-            _budget: budget,
-        }),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::body_too_large(limit))
+    let read = async {
+        use http_body_util::BodyExt;
+        let mut body = req.into_body();
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut length = 0usize;
+        let mut held: Option<OwnedSemaphorePermit> = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            length = length.saturating_add(data.len());
+            if length > limit {
+                return Err(ApiError::body_too_large(limit));
+            }
+            let taken = state.body_budget.reserve(data.len())?;
+            match &mut held {
+                Some(held) => held.merge(taken),
+                None => held = Some(taken),
+            }
+            chunks.push(data);
         }
-        Ok(Err(_)) => Err(ApiError::BadRequest(
-            "the request body could not be read".into(),
-        )),
-        Err(_) => Err(ApiError::Timeout(format!(
-            "the request body did not arrive within {} seconds",
-            state.body_timeout.as_secs()
-        ))),
-    }
+        let bytes = match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.swap_remove(0),
+            _ => Bytes::from(chunks.concat()),
+        };
+        Ok(ReadBody {
+            bytes,
+            _budget: held,
+        })
+    };
+    tokio::time::timeout(state.body_timeout, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::Timeout(format!(
+                "the request body did not arrive within {} seconds",
+                state.body_timeout.as_secs()
+            )))
+        })
 }
 
 /// The server-wide budget of bytes held in request bodies being read.

@@ -12,7 +12,7 @@ use picloud_manager_core::{
     service::inbound::{InboundRefusal, Received},
     ManagerError,
 };
-use picloud_shared::inbound::SignatureHeaders;
+use picloud_shared::inbound::SignatureHeaderValues;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -80,12 +80,14 @@ impl InboundLimiter {
         }
     }
 
-    /// `Err(seconds to wait)` when the URL of `key` is over its rate.
-    fn check(&self, key: Uuid) -> Result<(), u64> {
+    /// A 429 (with the seconds to wait) when the URL of `key` is over its rate.
+    fn check(&self, key: Uuid) -> Result<(), ApiError> {
         use governor::clock::{Clock, DefaultClock};
         self.limiter.check_key(&key).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+            ApiError::RateLimited {
+                retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            }
         })
     }
 }
@@ -139,14 +141,31 @@ async fn route(
     else {
         return Err(ApiError::NotFound("app"));
     };
-    if let Err(retry_after) = st.inbound_limiter.check(app_id) {
-        return Err(ApiError::RateLimited { retry_after });
+    // An unsigned URL spends its rate before its body is read; a signed
+    // one only once the signature holds, so that requests anyone can make
+    // cannot spend the sender's rate.
+    let signed = secret.is_some();
+    if !signed {
+        st.inbound_limiter.check(app_id)?;
     }
     let (headers, body, mime) = read_request(st, req).await?;
-    let signature = signature_headers(&headers);
+    let checked = st
+        .inbound
+        .check_for_app(
+            app_id,
+            secret,
+            signature_headers(&headers),
+            body.bytes.clone(),
+            mime,
+        )
+        .await
+        .map_err(|e| refusal(e, "app"))?;
+    if signed {
+        st.inbound_limiter.check(app_id)?;
+    }
     let received = st
         .inbound
-        .receive_for_app(app_id, secret.as_ref(), &signature, &body.bytes, mime)
+        .route(checked)
         .await
         .map_err(|e| refusal(e, "app"))?;
     let all_duplicates =
@@ -179,9 +198,14 @@ async fn read_request(
     Ok((headers, body, mime))
 }
 
-fn signature_headers(headers: &axum::http::HeaderMap) -> SignatureHeaders<'_> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    SignatureHeaders {
+fn signature_headers(headers: &axum::http::HeaderMap) -> SignatureHeaderValues {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    SignatureHeaderValues {
         picloud: header("x-picloud-signature"),
         webhook_id: header("webhook-id"),
         webhook_timestamp: header("webhook-timestamp"),
@@ -250,14 +274,30 @@ async fn receive(
     else {
         return Err(ApiError::NotFound("email trigger"));
     };
-    if let Err(retry_after) = st.inbound_limiter.check(trigger_id) {
-        return Err(ApiError::RateLimited { retry_after });
+    // As for the app endpoint: a signed URL's rate is spent only by requests
+    // whose signature holds.
+    let signed = target.secret.is_some();
+    if !signed {
+        st.inbound_limiter.check(trigger_id)?;
     }
     let (headers, body, mime) = read_request(st, req).await?;
-    let signature = signature_headers(&headers);
+    let checked = st
+        .inbound
+        .check(
+            trigger_id,
+            target,
+            signature_headers(&headers),
+            body.bytes.clone(),
+            mime,
+        )
+        .await
+        .map_err(|e| refusal(e, "email trigger"))?;
+    if signed {
+        st.inbound_limiter.check(trigger_id)?;
+    }
     match st
         .inbound
-        .receive(trigger_id, target, &signature, &body.bytes, mime)
+        .deliver(checked)
         .await
         .map_err(|e| refusal(e, "email trigger"))?
     {
@@ -265,5 +305,31 @@ async fn receive(
             Ok((StatusCode::ACCEPTED, Json(InboundAccepted { event_id })))
         }
         Received::Duplicate(event_id) => Ok((StatusCode::OK, Json(InboundAccepted { event_id }))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_counts_under_a_result_the_metrics_declare() {
+        for (error, result) in [
+            (ApiError::Unauthorized("x"), "unauthorized"),
+            (ApiError::body_too_large(1), "too_large"),
+            (ApiError::RateLimited { retry_after: 1 }, "rate_limited"),
+            (ApiError::NotFound("email trigger"), "not_found"),
+            (ApiError::BadRequest("x".into()), "malformed"),
+            (ApiError::Timeout("x".into()), "malformed"),
+            (ApiError::Unavailable("x".into()), "unavailable"),
+            (ApiError::Busy("x".into()), "unavailable"),
+        ] {
+            assert_eq!(refusal_result(&error), result);
+            assert!(crate::metrics::INBOUND_RESULTS.contains(&result));
+        }
+        assert_eq!(
+            refusal_result(&refusal(InboundRefusal::NotStored, "email trigger")),
+            "unavailable"
+        );
     }
 }
