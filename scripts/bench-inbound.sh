@@ -4,12 +4,16 @@
 # on, ../shared/anchors/00-pg-setup.sh), and in the same run the pgbench anchor
 # (01-pgbench-insert.sh: one durable JSONB insert per transaction); prints the ratio.
 # Each POST is verified (X-PiCloud-Signature), parsed, and committed as an outbox
-# row (no dedupe key, so every one is new); the dispatcher runs a trivial handler.
-# Usage: scripts/bench-inbound.sh [duration_secs]   (default 15)
+# row (no dedupe key, so every one is new); the dispatcher runs a trivial handler
+# meanwhile, on the same 2 cores. The machine is shared and noisy, so the two
+# alternate for ROUNDS rounds (the outbox drained before each pgbench run) and
+# the median ratio is printed.
+# Usage: scripts/bench-inbound.sh [duration_secs] [rounds]   (default 15, 3)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 D=${1:-15}
+ROUNDS=${2:-3}
 ANCHORS=${ANCHORS:-$ROOT/../shared/anchors}
 PGBIN=/usr/lib/postgresql/15/bin
 SOCK=/tmp/anchors-pg/sock
@@ -26,7 +30,7 @@ WORK=$(mktemp -d /tmp/picloud-bench-inbound.XXXXXX); chmod 0711 "$WORK"
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 PORT=18195
 env -u PICLOUD_DEV_MODE DATABASE_URL="$URL" PICLOUD_SECRET_KEY="$KEYB64" PICLOUD_DATA_DIR="$WORK/data" \
-  PICLOUD_LISTEN="127.0.0.1:$PORT" PICLOUD_INBOUND_RATE_PER_MIN=100000000 RUST_LOG=warn \
+  PICLOUD_LISTEN="127.0.0.1:$PORT" PICLOUD_INBOUND_RATE_PER_MIN=6000000 RUST_LOG=warn \
   "$BIN" serve >"$WORK/serve.log" 2>&1 </dev/null &
 SERVER=$!
 for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
@@ -49,22 +53,33 @@ LUA
 code=$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' -H "X-PiCloud-Signature: $SIG" \
   -d "$BODY" "http://127.0.0.1:$PORT/api/v1/email-inbound/$TRIGGER")
 [ "$code" = 202 ] || { echo "a signed POST answered $code, not 202" >&2; cat "$WORK/serve.log" >&2; exit 1; }
+PSQL="$PGBIN/psql -h $SOCK -p 5499 -U postgres -d picloud_inbound -Atq"
 echo "== $(date -u +%FT%TZ) 2 cores; $(uptime)"
-echo "== picloud: signed inbound POSTs, wrk -t2 -c16 -d${D}s"
-wrk -t2 -c16 -d"${D}s" --latency -s "$WORK/post.lua" "http://127.0.0.1:$PORT/api/v1/email-inbound/$TRIGGER" | tee "$WORK/wrk.txt"
+for round in $(seq 1 "$ROUNDS"); do
+  echo "== round $round: picloud, signed inbound POSTs, wrk -t2 -c16 -d${D}s"
+  wrk -t2 -c16 -d"${D}s" --latency -s "$WORK/post.lua" "http://127.0.0.1:$PORT/api/v1/email-inbound/$TRIGGER" | tee "$WORK/wrk.$round.txt"
+  # The handlers finish before the anchor runs, so they do not slow it.
+  for _ in $(seq 1 600); do [ "$($PSQL -c 'SELECT count(*) FROM outbox')" = 0 ] && break; sleep 0.5; done
+  echo "== round $round: anchor, pgbench, one durable JSONB insert per transaction"
+  "$ANCHORS/01-pgbench-insert.sh" "$D" | tee "$WORK/pgbench.$round.txt"
+done
 ACCEPTED=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk 'index($0, "picloud_inbound_requests_total{result=\"accepted\"}") == 1 { print $NF }')
 echo "accepted (metric): $ACCEPTED"
 kill "$SERVER" 2>/dev/null || true
 wait "$SERVER" 2>/dev/null || true
-echo "== anchor: pgbench, one durable JSONB insert per transaction"
-"$ANCHORS/01-pgbench-insert.sh" "$D" | tee "$WORK/pgbench.txt"
-python3 - "$WORK/wrk.txt" "$WORK/pgbench.txt" <<'PY'
-import re, sys
-wrk = open(sys.argv[1]).read()
-pg = open(sys.argv[2]).read()
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", wrk).group(1))
-non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", wrk)
-tps = [float(x) for x in re.findall(r"tps = ([\d.]+)", pg)]
-print(f"picloud accepted signed POSTs: {rps:.0f}/s (non-2xx: {non2xx.group(1) if non2xx else 0}); "
-      f"pgbench c=16: {tps[0]:.0f} tps; ratio {rps / tps[0]:.2f}")
+python3 - "$WORK" "$ROUNDS" <<'PY'
+import re, statistics, sys
+work, rounds = sys.argv[1], int(sys.argv[2])
+ratios = []
+for r in range(1, rounds + 1):
+    wrk = open(f"{work}/wrk.{r}.txt").read()
+    pg = open(f"{work}/pgbench.{r}.txt").read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", wrk).group(1))
+    p99 = re.search(r"99%\s+(\S+)", wrk).group(1)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", wrk)
+    tps = [float(x) for x in re.findall(r"tps = ([\d.]+)", pg)]
+    ratios.append(rps / tps[0])
+    print(f"round {r}: picloud accepted signed POSTs {rps:.0f}/s, p99 {p99} "
+          f"(non-2xx: {non2xx.group(1) if non2xx else 0}); pgbench c=16 {tps[0]:.0f} tps; ratio {rps / tps[0]:.2f}")
+print(f"median ratio over {rounds} rounds: {statistics.median(ratios):.2f}")
 PY
