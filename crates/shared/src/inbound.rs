@@ -422,7 +422,43 @@ fn within_limits(mut email: InboundEmail) -> Result<InboundEmail, MalformedEmail
     }
     email.tag = email.to.iter().find_map(|address| plus_tag(address));
     email.truncated |= cut;
+    scrub_nul(&mut email);
     Ok(email)
+}
+
+/// Replaces NUL characters (valid in JSON and MIME, refused by PostgreSQL's
+/// `jsonb` and `text`) with U+FFFD, in every string of the email.
+fn scrub_nul(email: &mut InboundEmail) {
+    let scrub = |text: &mut String| {
+        if text.contains('\0') {
+            *text = text.replace('\0', "\u{FFFD}");
+        }
+    };
+    scrub(&mut email.from);
+    email
+        .to
+        .iter_mut()
+        .chain(email.cc.iter_mut())
+        .for_each(scrub);
+    scrub(&mut email.subject);
+    for text in [
+        &mut email.text,
+        &mut email.html,
+        &mut email.message_id,
+        &mut email.tag,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        scrub(text);
+    }
+    for attachment in &mut email.attachments {
+        if let Some(name) = &mut attachment.filename {
+            scrub(name);
+        }
+        scrub(&mut attachment.content_type);
+        scrub(&mut attachment.sha256);
+    }
 }
 
 /// Cuts `text` to at most `max` bytes on a character boundary; whether it did.
@@ -513,6 +549,18 @@ pub fn plus_tag(address: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_characters_become_replacement_characters() {
+        let body = br#"{"from":"a\u0000@b.co","to":["x\u0000@y.co"],"subject":"s\u0000",
+            "text":"t\u0000","html":"h\u0000","message_id":"<m\u0000>",
+            "attachments":[{"filename":"f\u0000","content_type":"c\u0000","content":"aGk="}]}"#;
+        let email = parse_json_email(body, Utc::now()).unwrap();
+        let json = serde_json::to_string(&email).unwrap();
+        assert!(!json.contains("\\u0000"), "{json}");
+        assert_eq!(email.subject, "s\u{FFFD}");
+        assert_eq!(email.attachments[0].filename.as_deref(), Some("f\u{FFFD}"));
+    }
 
     const SECRET: &str = "a-secret-of-enough-length";
 

@@ -642,10 +642,29 @@ async fn write_batches(
                         let _ = answer.send(Ok(outcome));
                     }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, emails = items.len(), "storing inbound emails failed");
+                Err(e) if items.len() == 1 => {
+                    tracing::error!(error = %e, "storing an inbound email failed");
                     for answer in answers {
                         let _ = answer.send(Err(()));
+                    }
+                }
+                Err(e) => {
+                    // One email must not fail the others: each is written alone.
+                    tracing::warn!(error = %e, emails = items.len(), "storing a batch of inbound emails failed; writing them one by one");
+                    let mut accepted = false;
+                    for (item, answer) in items.iter().zip(answers) {
+                        let outcome =
+                            repo::inbound::deliver_batch(&pool, std::slice::from_ref(item))
+                                .await
+                                .map_err(|e| {
+                                    tracing::error!(error = %e, "storing an inbound email failed");
+                                })
+                                .map(|mut outcomes| outcomes.pop().unwrap_or(Delivery::NoTrigger));
+                        accepted |= matches!(outcome, Ok(Delivery::Accepted(_)));
+                        let _ = answer.send(outcome);
+                    }
+                    if accepted {
+                        notifier.poke();
                     }
                 }
             }
@@ -679,6 +698,75 @@ mod tests {
             },
             answer: oneshot::channel().0,
         }
+    }
+
+    /// An email trigger in a new app; its id.
+    async fn email_trigger(pool: &PgPool) -> Uuid {
+        let (app, script, trigger) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        sqlx::query("INSERT INTO apps (id, name) VALUES ($1, $2)")
+            .bind(app)
+            .bind(format!("a{}", app.simple()))
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO scripts (id, app_id, name, source) VALUES ($1, $2, 'h', '1')")
+            .bind(script)
+            .bind(app)
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO triggers (id, app_id, script_id, kind, config, max_attempts, backoff, base_ms) \
+             VALUES ($1, $2, $3, 'email', '{}', 3, 'exponential', 1000)",
+        )
+        .bind(trigger)
+        .bind(app)
+        .bind(script)
+        .execute(pool)
+        .await
+        .unwrap();
+        trigger
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn an_email_that_fails_its_batch_fails_alone(pool: PgPool) {
+        let trigger = email_trigger(&pool).await;
+        let writer = DeliveryWriter::start(pool.clone(), OutboxNotifier::start(pool.clone()));
+        let item = |payload: &str| DeliveryItem {
+            trigger_id: trigger,
+            dedupe_key: None,
+            payload: payload.into(),
+            secret: None,
+            check_secret: false,
+        };
+        // Queued before the writer runs (one thread): one batch of three, the
+        // middle one not JSON, so the batch's statement fails.
+        let mut answers = Vec::new();
+        for payload in [r#"{"kind":"email"}"#, "not json", r#"{"kind":"email"}"#] {
+            answers.push(writer.enqueue(item(payload)).await.unwrap());
+        }
+        let mut outcomes = Vec::new();
+        for answer in answers {
+            outcomes.push(wait_for(answer).await);
+        }
+        assert!(
+            matches!(outcomes[0], Ok(Delivery::Accepted(_))),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(outcomes[1], Err(InboundRefusal::NotStored)),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(outcomes[2], Ok(Delivery::Accepted(_))),
+            "{outcomes:?}"
+        );
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE trigger_id = $1")
+            .bind(trigger)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(stored, 2);
     }
 
     #[tokio::test]
