@@ -15,6 +15,7 @@ pub mod inbound;
 pub mod kv;
 pub mod names;
 pub mod pubsub;
+pub mod realtime;
 pub mod script;
 pub mod secrets;
 pub mod triggers;

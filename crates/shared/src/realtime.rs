@@ -1,0 +1,335 @@
+//! Realtime (SPEC §9): subscriber tokens and the app signing key's stored forms.
+//!
+//! A token is `rt1.<claims>.<mac>`: `claims` the base64url (no padding) of the
+//! JSON `{app_id, topics, exp}`, `mac` the base64url of HMAC-SHA256 under the
+//! app's realtime signing key over `rt1.<claims>`. Checking compares the MAC
+//! with `hmac`'s constant-time check over its full length.
+
+use crate::{
+    crypto::{Aad, Keyring, Sealed},
+    ids::AppId,
+    triggers::{topic_matches, validate_topic, validate_topic_pattern},
+    ServiceError,
+};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The token format's prefix (and version).
+const PREFIX: &str = "rt1.";
+
+/// Bytes of a signing key.
+pub const SIGNING_KEY_BYTES: usize = 32;
+
+/// Longest `ttl_secs` a token may have: 7 days.
+pub const MAX_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// Topics one token or one subscription may name.
+pub const MAX_TOPICS: usize = 64;
+
+/// Longest token accepted (a larger one is malformed before any work).
+pub const MAX_TOKEN_BYTES: usize = 32 * 1024;
+
+/// Default `PICLOUD_REALTIME_KEY_GRACE_SECS`.
+pub const DEFAULT_KEY_GRACE_SECS: u64 = 3600;
+
+/// What a subscriber token grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenClaims {
+    pub app_id: uuid::Uuid,
+    /// Topics, or patterns ending in `.*` (as pubsub triggers take them).
+    pub topics: Vec<String>,
+    /// Expiry, Unix seconds.
+    pub exp: i64,
+}
+
+impl TokenClaims {
+    /// Whether the claims cover `topic`.
+    pub fn covers(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| topic_matches(t, topic))
+    }
+}
+
+/// Why a token was refused; the first three are 401, the last two 403.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token's signature does not match")]
+    Forged,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is for another app")]
+    OtherApp,
+    #[error("the token does not grant a requested topic")]
+    TopicNotGranted,
+}
+
+/// Checks topics for a token or a subscription: 1 to [`MAX_TOPICS`], each a
+/// topic or a `prefix.*` pattern.
+pub fn validate_topics(topics: &[String]) -> Result<(), ServiceError> {
+    if topics.is_empty() || topics.len() > MAX_TOPICS {
+        return Err(ServiceError::InvalidArgument(format!(
+            "topics must name 1-{MAX_TOPICS} topics"
+        )));
+    }
+    for topic in topics {
+        validate_topic_pattern(topic).map_err(|_| {
+            ServiceError::InvalidArgument(
+                "each topic must be 1-256 characters of A-Z, a-z, 0-9, '_', '-', ':' or '.', \
+                 without empty segments, optionally ending in .*"
+                    .into(),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Checks subscription topics (exact topics only: patterns are for tokens).
+pub fn validate_subscription(topics: &[String]) -> Result<(), ServiceError> {
+    if topics.is_empty() || topics.len() > MAX_TOPICS {
+        return Err(ServiceError::InvalidArgument(format!(
+            "topics must name 1-{MAX_TOPICS} topics"
+        )));
+    }
+    topics.iter().try_for_each(|t| validate_topic(t))
+}
+
+/// Signs `claims` with `key`.
+pub fn sign(claims: &TokenClaims, key: &[u8]) -> String {
+    // Serialising a struct of strings and numbers cannot fail.
+    let json = serde_json::to_vec(claims).unwrap_or_default();
+    let signed = format!("{PREFIX}{}", B64.encode(json));
+    let mut mac = keyed(key);
+    mac.update(signed.as_bytes());
+    format!("{signed}.{}", B64.encode(mac.finalize().into_bytes()))
+}
+
+/// The claims of `token`, unverified: which app's key to check it with.
+pub fn unverified_claims(token: &str) -> Result<TokenClaims, TokenError> {
+    let (claims, _) = split(token)?;
+    let json = B64.decode(claims).map_err(|_| TokenError::Malformed)?;
+    serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)
+}
+
+/// Verifies `token` against any of `keys` (the app's current key, and its
+/// previous one inside the grace period) and its expiry at `now` (Unix seconds).
+pub fn verify(token: &str, keys: &[&[u8]], now: i64) -> Result<TokenClaims, TokenError> {
+    let (claims_part, mac_part) = split(token)?;
+    let mac = B64.decode(mac_part).map_err(|_| TokenError::Malformed)?;
+    let signed = &token[..PREFIX.len() + claims_part.len()];
+    // Every key is tried, matched or not, so timing says nothing about which matched.
+    let mut matched = false;
+    for key in keys {
+        let mut expected = keyed(key);
+        expected.update(signed.as_bytes());
+        matched |= expected.verify_slice(&mac).is_ok();
+    }
+    if !matched {
+        return Err(TokenError::Forged);
+    }
+    let claims = unverified_claims(token)?;
+    if claims.exp <= now {
+        return Err(TokenError::Expired);
+    }
+    Ok(claims)
+}
+
+/// Checks verified `claims` against a subscription to `topics` of `app`.
+pub fn authorize(claims: &TokenClaims, app: AppId, topics: &[String]) -> Result<(), TokenError> {
+    if claims.app_id != app.0 {
+        return Err(TokenError::OtherApp);
+    }
+    if topics.iter().all(|topic| claims.covers(topic)) {
+        Ok(())
+    } else {
+        Err(TokenError::TopicNotGranted)
+    }
+}
+
+fn split(token: &str) -> Result<(&str, &str), TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::Malformed);
+    }
+    let rest = token.strip_prefix(PREFIX).ok_or(TokenError::Malformed)?;
+    let (claims, mac) = rest.split_once('.').ok_or(TokenError::Malformed)?;
+    if claims.is_empty() || mac.is_empty() || mac.contains('.') {
+        return Err(TokenError::Malformed);
+    }
+    Ok((claims, mac))
+}
+
+fn keyed(key: &[u8]) -> HmacSha256 {
+    // HMAC takes a key of any length.
+    <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!())
+}
+
+/// Why a stored signing key cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StoredKeyError {
+    /// The sealed form does not open with the configured keys.
+    #[error("the app's realtime signing key does not open with the configured keys")]
+    Unopenable,
+}
+
+/// An app's signing key as a row of `app_secrets` holds it: sealed, and (rows
+/// of older installs) plaintext.
+pub struct StoredSigningKey<'a> {
+    pub plaintext: Option<&'a [u8]>,
+    pub sealed: Option<Sealed>,
+}
+
+/// The signing key a stored row stands for: the sealed form when there is
+/// one (it wins: a plaintext copy beside it is a leftover of the start-up
+/// sealing), else the plaintext, else none (not created yet).
+pub fn decode_signing_key(
+    stored: StoredSigningKey<'_>,
+    keyring: &Keyring,
+    app: AppId,
+) -> Result<Option<Zeroizing<Vec<u8>>>, StoredKeyError> {
+    match (stored.sealed, stored.plaintext) {
+        (Some(sealed), _) => keyring
+            .open(&sealed, &Aad::Realtime { app_id: app })
+            .map(Some)
+            .map_err(|_| StoredKeyError::Unopenable),
+        (None, Some(plain)) => Ok(Some(Zeroizing::new(plain.to_vec()))),
+        (None, None) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterKey;
+
+    fn claims(app: uuid::Uuid, topics: &[&str], exp: i64) -> TokenClaims {
+        TokenClaims {
+            app_id: app,
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            exp,
+        }
+    }
+
+    #[test]
+    fn a_token_verifies_under_its_key_only_until_it_expires() {
+        let app = uuid::Uuid::new_v4();
+        let key = [7u8; 32];
+        let token = sign(&claims(app, &["orders", "chat.*"], 1_000), &key);
+        let verified = verify(&token, &[&key], 999).unwrap();
+        assert_eq!(verified.topics, ["orders", "chat.*"]);
+        assert_eq!(verify(&token, &[&key], 1_000), Err(TokenError::Expired));
+        assert_eq!(verify(&token, &[&[8u8; 32]], 0), Err(TokenError::Forged));
+        // The previous key, inside its grace period, is tried too.
+        assert!(verify(&token, &[&[8u8; 32], &key], 0).is_ok());
+    }
+
+    #[test]
+    fn tampered_truncated_and_malformed_tokens_are_refused() {
+        let app = uuid::Uuid::new_v4();
+        let key = [7u8; 32];
+        let token = sign(&claims(app, &["orders"], 1_000), &key);
+        let (head, mac) = token.rsplit_once('.').unwrap();
+        // Claims swapped for other claims keep the old MAC: forged.
+        let other = sign(&claims(app, &["everything.*"], 9_999), &key);
+        let (other_head, _) = other.rsplit_once('.').unwrap();
+        assert_eq!(
+            verify(&format!("{other_head}.{mac}"), &[&key], 0),
+            Err(TokenError::Forged)
+        );
+        // A MAC cut short (at a whole number of bytes, or not), or empty, never matches.
+        for cut in [8, 10, 40] {
+            assert!(matches!(
+                verify(&format!("{head}.{}", &mac[..cut]), &[&key], 0),
+                Err(TokenError::Forged | TokenError::Malformed)
+            ));
+        }
+        assert_eq!(
+            verify(&format!("{head}.{}", &mac[..40]), &[&key], 0),
+            Err(TokenError::Forged)
+        );
+        for bad in [
+            "",
+            "rt1.",
+            "rt1..",
+            &format!("{head}."),
+            "rt2.e30.AAAA",
+            "rt1.!!!.AAAA",
+            &format!("{token}.extra"),
+            &"a".repeat(MAX_TOKEN_BYTES + 1),
+        ] {
+            let refused = verify(bad, &[&key], 0).unwrap_err();
+            assert!(
+                matches!(refused, TokenError::Malformed | TokenError::Forged),
+                "{bad}: {refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn claims_grant_their_app_and_topics_only() {
+        let app = uuid::Uuid::new_v4();
+        let granted = claims(app, &["orders", "chat.*"], 1);
+        let ask = |topics: &[&str]| topics.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+        assert!(authorize(&granted, AppId(app), &ask(&["orders", "chat.room1"])).is_ok());
+        assert_eq!(
+            authorize(&granted, AppId(app), &ask(&["orders", "billing"])),
+            Err(TokenError::TopicNotGranted)
+        );
+        assert_eq!(
+            authorize(&granted, AppId(app), &ask(&["chat"])),
+            Err(TokenError::TopicNotGranted)
+        );
+        assert_eq!(
+            authorize(&granted, AppId(uuid::Uuid::new_v4()), &ask(&["orders"])),
+            Err(TokenError::OtherApp)
+        );
+    }
+
+    #[test]
+    fn the_signing_key_decodes_from_each_of_the_four_stored_states() {
+        let keyring = Keyring::new(MasterKey::generate(), Vec::new());
+        let app = AppId(uuid::Uuid::new_v4());
+        let sealed_key = [1u8; 32];
+        let plain_key = [2u8; 32];
+        let sealed = || {
+            keyring
+                .seal(&sealed_key, &Aad::Realtime { app_id: app })
+                .unwrap()
+        };
+        let decode = |plaintext: Option<&[u8]>, sealed: Option<Sealed>| {
+            decode_signing_key(StoredSigningKey { plaintext, sealed }, &keyring, app)
+                .map(|key| key.map(|k| k.to_vec()))
+        };
+        // Neither: not created yet.
+        assert_eq!(decode(None, None), Ok(None));
+        // Plaintext only (an older install's row): used as it is.
+        assert_eq!(decode(Some(&plain_key), None), Ok(Some(plain_key.to_vec())));
+        // Sealed only.
+        assert_eq!(decode(None, Some(sealed())), Ok(Some(sealed_key.to_vec())));
+        // Both: the sealed form wins.
+        assert_eq!(
+            decode(Some(&plain_key), Some(sealed())),
+            Ok(Some(sealed_key.to_vec()))
+        );
+        // Sealed for another app: refused, never the plaintext instead.
+        let other = keyring
+            .seal(
+                &sealed_key,
+                &Aad::Realtime {
+                    app_id: AppId(uuid::Uuid::new_v4()),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            decode(Some(&plain_key), Some(other)),
+            Err(StoredKeyError::Unopenable)
+        );
+    }
+}
