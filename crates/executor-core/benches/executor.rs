@@ -46,6 +46,7 @@ fn main() {
             secrets: Arc::new(picloud_executor_core::testing::MemorySecrets::new()),
             pubsub: Arc::new(picloud_executor_core::testing::MemoryPubsub::default()),
             email: Arc::new(picloud_executor_core::testing::RecordingEmail::default()),
+            realtime: Arc::new(picloud_executor_core::testing::MemoryRealtime),
         },
         runtime.handle().clone(),
     );

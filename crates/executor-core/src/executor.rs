@@ -46,6 +46,8 @@ pub struct Services {
     pub pubsub: Arc<dyn PubsubService>,
     /// Backs `email::`.
     pub email: Arc<dyn EmailService>,
+    /// Backs `realtime::`.
+    pub realtime: Arc<dyn picloud_shared::realtime::RealtimeService>,
 }
 
 /// The script to run: its identity, version (the cache key) and source.

@@ -87,9 +87,11 @@ pub(crate) fn build_engine(limits: &SandboxLimits, env: Arc<SdkEnv>) -> Engine {
     let env_secrets = env.clone();
     let env_pubsub = env.clone();
     let env_email = env.clone();
+    let env_realtime = env.clone();
     engine.register_static_module("kv", Arc::new(sdk::kv::module(env)));
     engine.register_static_module("email", Arc::new(sdk::email::module(env_email)));
     engine.register_static_module("pubsub", Arc::new(sdk::pubsub::module(env_pubsub)));
+    engine.register_static_module("realtime", Arc::new(sdk::realtime::module(env_realtime)));
     engine.register_static_module("log", Arc::new(sdk::log::module()));
     engine.register_static_module("secrets", Arc::new(sdk::secrets::module(env_secrets)));
     engine

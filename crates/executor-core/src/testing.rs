@@ -403,3 +403,41 @@ pub fn slow_to_compile_source(lines: usize) -> String {
     }
     source
 }
+
+/// A [`picloud_shared::realtime::RealtimeService`] signing with one fixed key
+/// (`MemoryRealtime::KEY`), checking topics and ttl as the real one does.
+#[derive(Debug, Default)]
+pub struct MemoryRealtime;
+
+impl MemoryRealtime {
+    /// The key every token is signed with.
+    pub const KEY: [u8; 32] = [42; 32];
+}
+
+#[async_trait]
+impl picloud_shared::realtime::RealtimeService for MemoryRealtime {
+    async fn token(
+        &self,
+        ctx: &CallContext,
+        topics: Vec<String>,
+        ttl_secs: u64,
+    ) -> Result<picloud_shared::realtime::IssuedToken, ServiceError> {
+        use picloud_shared::realtime::{sign, validate_topics, TokenClaims, MAX_TOKEN_TTL_SECS};
+        validate_topics(&topics)?;
+        if !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl_secs) {
+            return Err(ServiceError::InvalidArgument(format!(
+                "ttl_secs must be 1-{MAX_TOKEN_TTL_SECS}"
+            )));
+        }
+        let expires_at = chrono::Utc::now() + chrono::Duration::seconds(ttl_secs as i64);
+        let claims = TokenClaims {
+            app_id: ctx.app_id.0,
+            topics,
+            exp: expires_at.timestamp(),
+        };
+        Ok(picloud_shared::realtime::IssuedToken {
+            token: sign(&claims, &Self::KEY),
+            expires_at,
+        })
+    }
+}

@@ -53,6 +53,15 @@ fn inbound_app_aad(ids: &[String]) -> Option<Aad<'_>> {
     }
 }
 
+fn realtime_aad(ids: &[String]) -> Option<Aad<'_>> {
+    match ids {
+        [app_id] => Some(Aad::Realtime {
+            app_id: AppId(app_id.parse().ok()?),
+        }),
+        _ => None,
+    }
+}
+
 /// The one list of sealed columns.
 pub static SEALED_COLUMNS: &[SealedColumn] = &[
     SealedColumn {
@@ -80,6 +89,23 @@ pub static SEALED_COLUMNS: &[SealedColumn] = &[
         ciphertext_column: "ciphertext",
         identity: &["app_id::text"],
         aad: inbound_app_aad,
+    },
+    // An app's realtime signing key, and its previous one during the grace period.
+    SealedColumn {
+        table: "app_secrets",
+        key_id_column: "realtime_key_id",
+        nonce_column: "realtime_nonce",
+        ciphertext_column: "realtime_ciphertext",
+        identity: &["app_id::text"],
+        aad: realtime_aad,
+    },
+    SealedColumn {
+        table: "app_secrets",
+        key_id_column: "previous_key_id",
+        nonce_column: "previous_nonce",
+        ciphertext_column: "previous_ciphertext",
+        identity: &["app_id::text"],
+        aad: realtime_aad,
     },
 ];
 

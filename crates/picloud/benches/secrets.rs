@@ -94,6 +94,7 @@ fn main() {
                     EventPolicy::default(),
                 )),
                 email: Arc::new(picloud_executor_core::testing::RecordingEmail::default()),
+                realtime: Arc::new(picloud_executor_core::testing::MemoryRealtime),
             },
             tokio::runtime::Handle::current(),
         );

@@ -61,6 +61,9 @@ pub struct AppConfig {
     pub inbound_max_bytes: usize,
     /// Requests a minute one inbound URL may send (`PICLOUD_INBOUND_RATE_PER_MIN`).
     pub inbound_rate_per_min: u32,
+    /// How long tokens signed by a rotated-out realtime key keep verifying
+    /// (`PICLOUD_REALTIME_KEY_GRACE_SECS`).
+    pub realtime_key_grace_secs: u64,
 }
 
 impl Default for AppConfig {
@@ -84,6 +87,7 @@ impl Default for AppConfig {
             email: crate::email_config::EmailConfig::default(),
             inbound_max_bytes: 10 * 1024 * 1024,
             inbound_rate_per_min: 600,
+            realtime_key_grace_secs: picloud_shared::realtime::DEFAULT_KEY_GRACE_SECS,
         }
     }
 }
@@ -368,6 +372,11 @@ impl Config {
                     "PICLOUD_INBOUND_RATE_PER_MIN",
                     app_defaults.inbound_rate_per_min,
                     1,
+                )?,
+                realtime_key_grace_secs: parse_num(
+                    "PICLOUD_REALTIME_KEY_GRACE_SECS",
+                    app_defaults.realtime_key_grace_secs,
+                    0,
                 )?,
             },
         })

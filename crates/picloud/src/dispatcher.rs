@@ -879,6 +879,9 @@ async fn housekeeping(shared: Arc<Shared>) {
         if let Err(e) = repo::inbound::forget_old_deliveries(&shared.pool).await {
             tracing::warn!(error = %e, "forgetting old inbound deliveries failed; retrying later");
         }
+        if let Err(e) = repo::realtime::forget_old_messages(&shared.pool).await {
+            tracing::warn!(error = %e, "forgetting old stored realtime messages failed; retrying later");
+        }
         if let Err(e) = repo::email::forget_old_keys(&shared.pool).await {
             tracing::warn!(error = %e, "forgetting old email idempotency keys failed; retrying later");
         }

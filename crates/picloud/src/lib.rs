@@ -14,6 +14,7 @@ pub mod embedded_pg;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod realtime;
 pub mod scheduler;
 pub mod script_cache;
 pub mod server;

@@ -60,6 +60,13 @@ pub struct Metrics {
     email_sends: IntCounterVec,
     /// `picloud_inbound_requests_total{result}`: inbound email requests by result.
     inbound_requests: IntCounterVec,
+    /// `picloud_realtime_subscribers`: SSE subscribers connected to this process.
+    pub realtime_subscribers: IntGauge,
+    /// `picloud_realtime_messages_delivered_total`: messages handed to subscribers.
+    pub realtime_delivered: IntCounter,
+    /// `picloud_realtime_slow_disconnects_total`: subscribers disconnected
+    /// because their buffer was full.
+    pub realtime_slow_disconnects: IntCounter,
 }
 
 /// The `result` label values of inbound email requests: SPEC §7's,
@@ -189,7 +196,21 @@ impl Metrics {
         for result in INBOUND_RESULTS {
             inbound_requests.with_label_values(&[result]);
         }
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let realtime_subscribers = gauge(
+            "picloud_realtime_subscribers",
+            "Realtime (SSE) subscribers connected to this process",
+        );
+        let realtime_delivered = IntCounter::new(
+            "picloud_realtime_messages_delivered_total",
+            "Realtime messages handed to subscribers (one per subscriber and message)",
+        )
+        .expect("static metric definition is valid");
+        let realtime_slow_disconnects = IntCounter::new(
+            "picloud_realtime_slow_disconnects_total",
+            "Realtime subscribers disconnected because they did not keep up (their buffer was full)",
+        )
+        .expect("static metric definition is valid");
+        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
             Box::new(script_runs.clone()),
             Box::new(script_run_duration.clone()),
             Box::new(pool_workers.clone()),
@@ -207,6 +228,9 @@ impl Metrics {
             Box::new(quota_refusals.clone()),
             Box::new(email_sends.clone()),
             Box::new(inbound_requests.clone()),
+            Box::new(realtime_subscribers.clone()),
+            Box::new(realtime_delivered.clone()),
+            Box::new(realtime_slow_disconnects.clone()),
         ];
         for collector in collectors {
             registry
@@ -252,6 +276,9 @@ impl Metrics {
             quota_refusals,
             email_sends,
             inbound_requests,
+            realtime_subscribers,
+            realtime_delivered,
+            realtime_slow_disconnects,
         }
     }
 

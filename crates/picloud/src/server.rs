@@ -66,6 +66,12 @@ pub async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         database.pool.clone(),
         state.caches.clone(),
     ));
+    // Ends by itself when the pool closes at shutdown.
+    tokio::spawn(crate::realtime::listen(
+        database.pool.clone(),
+        state.hub.clone(),
+    ));
+    tokio::spawn(crate::realtime::seal_plaintext_keys(state.realtime.clone()));
     let dispatcher = dispatcher::start(&state, config.dispatch);
     let (stop_scheduler, scheduler_stopped) = tokio::sync::watch::channel(false);
     let scheduler = tokio::spawn(scheduler::run(database.pool.clone(), scheduler_stopped));

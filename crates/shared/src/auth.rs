@@ -118,11 +118,15 @@ pub enum Capability {
     EmailInboundRead,
     /// Set an app's inbound email secret.
     EmailInboundWrite,
+    /// Mint realtime subscriber tokens (SPEC §3: `data:write`).
+    RealtimeTokensMint,
+    /// Rotate an app's realtime signing key.
+    RealtimeKeyRotate,
 }
 
 impl Capability {
     /// Every capability, for tests and tables that must cover them all.
-    pub const ALL: [Capability; 18] = [
+    pub const ALL: [Capability; 20] = [
         Capability::AppsRead,
         Capability::AppsWrite,
         Capability::ScriptsRead,
@@ -141,6 +145,8 @@ impl Capability {
         Capability::EmailStatusRead,
         Capability::EmailInboundRead,
         Capability::EmailInboundWrite,
+        Capability::RealtimeTokensMint,
+        Capability::RealtimeKeyRotate,
     ];
 
     /// The one capability → scope table.
@@ -164,6 +170,8 @@ impl Capability {
             Capability::EmailStatusRead => Scope::AppRead,
             Capability::EmailInboundRead => Scope::AppRead,
             Capability::EmailInboundWrite => Scope::AppWrite,
+            Capability::RealtimeTokensMint => Scope::DataWrite,
+            Capability::RealtimeKeyRotate => Scope::AppWrite,
         }
     }
 }

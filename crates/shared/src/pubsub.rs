@@ -5,7 +5,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 /// Publishes messages. Every matching `pubsub` trigger gets the event, enqueued
-/// in the transaction of the publish (realtime delivery is a later layer).
+/// in the transaction of the publish; the topic's realtime subscribers get the
+/// message after it.
 #[async_trait]
 pub trait PubsubService: Send + Sync {
     /// Publishes `message` (any JSON) to `topic`; returns how many triggers it was enqueued for.

@@ -39,6 +39,25 @@ pub const MAX_TOKEN_BYTES: usize = 32 * 1024;
 /// Default `PICLOUD_REALTIME_KEY_GRACE_SECS`.
 pub const DEFAULT_KEY_GRACE_SECS: u64 = 3600;
 
+/// A minted token and when it expires.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Mints subscriber tokens for scripts (`realtime::token`).
+#[async_trait::async_trait]
+pub trait RealtimeService: Send + Sync {
+    /// A token for `topics` of the caller's app, valid for `ttl_secs`.
+    async fn token(
+        &self,
+        ctx: &crate::triggers::CallContext,
+        topics: Vec<String>,
+        ttl_secs: u64,
+    ) -> Result<IssuedToken, ServiceError>;
+}
+
 /// What a subscriber token grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,4 +1,4 @@
-//! The SDK modules scripts call (`kv::`, `secrets::`, `pubsub::`, `email::`, `log::`): thin bridges that convert
+//! The SDK modules scripts call (`kv::`, `secrets::`, `pubsub::`, `realtime::`, `email::`, `log::`): thin bridges that convert
 //! Rhai values to domain arguments, call a service trait and convert back.
 //!
 //! Rules every bridge keeps:
@@ -20,6 +20,7 @@ pub(crate) mod email;
 pub(crate) mod kv;
 pub(crate) mod log;
 pub(crate) mod pubsub;
+pub(crate) mod realtime;
 pub(crate) mod secrets;
 
 use crate::convert::{dynamic_to_json, NotJson};

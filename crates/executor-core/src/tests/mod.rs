@@ -52,6 +52,7 @@ impl Harness {
             secrets: Arc::new(crate::testing::MemorySecrets::new()),
             pubsub: pubsub.clone(),
             email: email.clone(),
+            realtime: Arc::new(crate::testing::MemoryRealtime),
         };
         let executor = Arc::new(
             Executor::new(limits, services, runtime.handle().clone())

@@ -570,6 +570,7 @@ fn the_ast_cache_stays_within_its_capacity() {
             secrets: std::sync::Arc::new(crate::testing::MemorySecrets::new()),
             pubsub: h.pubsub.clone(),
             email: h.email.clone(),
+            realtime: std::sync::Arc::new(crate::testing::MemoryRealtime),
         },
         h.runtime.handle().clone(),
     )

@@ -7,6 +7,7 @@ pub mod email;
 pub mod inbound;
 pub mod kv;
 pub mod outbox;
+pub mod realtime;
 pub mod scripts;
 pub mod secrets;
 pub mod triggers;

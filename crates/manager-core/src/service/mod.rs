@@ -8,6 +8,7 @@ pub mod events;
 pub mod inbound;
 pub mod kv;
 pub mod pubsub;
+pub mod realtime;
 pub mod scripts;
 pub mod secrets;
 pub mod triggers;

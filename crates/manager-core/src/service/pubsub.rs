@@ -1,5 +1,6 @@
 //! `PubsubService` over PostgreSQL: a publish enqueues the events of the app's
-//! matching `pubsub` triggers in one statement.
+//! matching `pubsub` triggers in one statement, then reaches the app's
+//! realtime subscribers of the topic.
 
 use crate::{error::ManagerError, repo, service::events::EventPolicy};
 use async_trait::async_trait;
@@ -55,6 +56,10 @@ impl PubsubService for PubsubServiceImpl {
                 .map_err(|e| ServiceError::from(ManagerError::Database(e)))?;
         self.events.check_refused(ctx, &enqueued)?;
         self.events.record(ctx, "pubsub", &origin, &enqueued);
+        // Realtime subscribers, on every process (after the triggers' events committed).
+        crate::service::realtime::publish(&self.pool, ctx.app_id, topic, &payload["message"])
+            .await
+            .map_err(ServiceError::from)?;
         Ok(enqueued.queued as u64)
     }
 }

@@ -27,6 +27,9 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("this API key lacks the scope {0} needed here")]
     Forbidden(Scope),
+    /// A valid credential that does not grant this request (e.g. a realtime token's topics).
+    #[error("{0}")]
+    Denied(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("this method is not allowed on this path")]
@@ -114,7 +117,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            ApiError::Forbidden(_) | ApiError::Denied(_) => {
+                (StatusCode::FORBIDDEN, ErrorCode::Forbidden)
+            }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
             ApiError::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed)

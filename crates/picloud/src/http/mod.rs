@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod inbound;
 pub mod invoke;
+pub mod realtime;
 pub mod system;
 
 use crate::{
@@ -33,6 +34,7 @@ use picloud_manager_core::{
         inbound::InboundService,
         kv::KvServiceImpl,
         pubsub::PubsubServiceImpl,
+        realtime::RealtimeServiceImpl,
         scripts::ScriptsService,
         secrets::SecretsServiceImpl,
         triggers::TriggersService,
@@ -64,6 +66,10 @@ pub struct AppState {
     pub inbound: InboundService,
     /// The per-URL rate limit of the inbound endpoints.
     pub inbound_limiter: inbound::InboundLimiter,
+    /// Realtime signing keys and subscriber tokens.
+    pub realtime: RealtimeServiceImpl,
+    /// This process's realtime subscribers.
+    pub hub: crate::realtime::Hub,
     /// The trigger-chain depth limit and its drop counter, shared by every event writer.
     pub events: EventPolicy,
     pub executor: Arc<Executor>,
@@ -110,6 +116,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(admin::routes())
         .merge(invoke::routes())
         .merge(inbound::routes())
+        .merge(realtime::routes())
         .merge(system::routes())
 }
 
@@ -197,6 +204,11 @@ pub fn build_state(
         config.secret_max_value_bytes,
     ));
     let inbound = InboundService::new(pool.clone(), keyring.clone(), config.public_url.clone());
+    let realtime = RealtimeServiceImpl::new(
+        pool.clone(),
+        keyring.clone(),
+        config.realtime_key_grace_secs,
+    );
     let triggers = TriggersService::new(pool.clone(), keyring, config.public_url.clone())
         .with_max_per_app(config.max_triggers_per_app);
     let email = EmailServiceImpl::new(
@@ -216,12 +228,14 @@ pub fn build_state(
                 secrets: secrets.clone(),
                 pubsub,
                 email: Arc::new(email.clone()),
+                realtime: Arc::new(realtime.clone()),
             },
             tokio::runtime::Handle::current(),
         )
         .with_ast_cache_bytes(config.ast_cache_bytes),
     );
     let api_keys = ApiKeysService::new(pool.clone());
+    let metrics = Metrics::new();
     let state = AppState {
         apps: AppsService::new(pool.clone()),
         scripts: ScriptsService::new(
@@ -241,10 +255,12 @@ pub fn build_state(
         email,
         inbound,
         inbound_limiter: inbound::InboundLimiter::new(config.inbound_rate_per_min),
+        realtime,
+        hub: crate::realtime::Hub::new(metrics.clone()),
         events,
         executor,
         script_pool,
-        metrics: Metrics::new(),
+        metrics,
         body_budget: extract::BodyBudget::new(config.max_body_buffer_bytes),
         body_timeout: config.body_timeout,
         config: Arc::new(config),

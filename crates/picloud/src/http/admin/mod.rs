@@ -5,6 +5,7 @@ pub mod apps;
 pub mod dead_letters;
 pub mod email;
 pub mod email_inbound;
+pub mod realtime;
 pub mod scripts;
 pub mod secrets;
 pub mod triggers;
@@ -22,5 +23,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(dead_letters::routes())
         .merge(email::routes())
         .merge(email_inbound::routes())
+        .merge(realtime::routes())
         .merge(api_keys::routes())
 }

@@ -1,0 +1,285 @@
+//! Realtime (SPEC §9): each app's signing key (sealed, created on first use,
+//! rotated with a grace period), subscriber tokens, and publishing messages
+//! to subscribers on every process (`NOTIFY picloud_realtime`).
+
+use crate::{error::ManagerError, repo};
+use async_trait::async_trait;
+use chrono::{Duration, Utc};
+use picloud_shared::{
+    crypto::{Aad, Keyring, Sealed},
+    ids::AppId,
+    realtime::{
+        authorize, decode_signing_key, sign, unverified_claims, validate_subscription,
+        validate_topics, verify, IssuedToken, RealtimeService, StoredSigningKey, TokenClaims,
+        TokenError, MAX_TOKEN_TTL_SECS, SIGNING_KEY_BYTES,
+    },
+    triggers::CallContext,
+    ServiceError,
+};
+use rand::RngCore;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::sync::Arc;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+/// Bytes of a notification payload past which the message goes through
+/// `realtime_messages` (PostgreSQL refuses payloads of 8,000 bytes or more).
+pub const MAX_INLINE_NOTIFY_BYTES: usize = 7_000;
+
+/// Why a subscription was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeRefusal {
+    /// No such app.
+    #[error("no such app")]
+    NoApp,
+    /// The request's topics are malformed.
+    #[error("{0}")]
+    BadTopics(String),
+    /// The token failed (see [`TokenError`] for 401 or 403).
+    #[error("{0}")]
+    Token(TokenError),
+    #[error("{0}")]
+    Manager(#[from] ManagerError),
+}
+
+/// Signing keys, tokens and publishing.
+#[derive(Clone)]
+pub struct RealtimeServiceImpl {
+    pool: PgPool,
+    keyring: Arc<Keyring>,
+    /// How long a rotated-out key keeps verifying tokens.
+    grace_secs: u64,
+}
+
+impl RealtimeServiceImpl {
+    /// A service over `pool`, sealing keys with `keyring`.
+    pub fn new(pool: PgPool, keyring: Arc<Keyring>, grace_secs: u64) -> Self {
+        Self {
+            pool,
+            keyring,
+            grace_secs,
+        }
+    }
+
+    /// The app's keys that verify tokens: the current one first, then the
+    /// previous one while its grace period lasts. With `create`, a first key
+    /// is made when the app has none. `NotFound` when there is no such app.
+    async fn keys(
+        &self,
+        app: AppId,
+        create: bool,
+    ) -> Result<Vec<Zeroizing<Vec<u8>>>, ManagerError> {
+        let mut row = repo::realtime::signing_key(&self.pool, app.0).await?;
+        let has_key = row
+            .as_ref()
+            .is_some_and(|r| r.sealed.is_some() || r.plaintext.is_some());
+        if !has_key && create {
+            let mut key = Zeroizing::new(vec![0u8; SIGNING_KEY_BYTES]);
+            rand::rngs::OsRng.fill_bytes(&mut key);
+            let sealed = self.seal(&key, app)?;
+            repo::realtime::create_signing_key(&self.pool, app.0, &sealed).await?;
+            // Another first use may have won: read what is stored.
+            row = repo::realtime::signing_key(&self.pool, app.0).await?;
+        }
+        let Some(row) = row else {
+            if create {
+                return Err(ManagerError::NotFound("app"));
+            }
+            return Ok(Vec::new());
+        };
+        let mut keys = Vec::new();
+        let current = decode_signing_key(
+            StoredSigningKey {
+                plaintext: row.plaintext.as_deref(),
+                sealed: row.sealed.as_ref().map(opened).transpose()?,
+            },
+            &self.keyring,
+            app,
+        )
+        .map_err(|e| self.unreadable(e))?;
+        keys.extend(current);
+        if let Some(previous) = &row.previous {
+            let previous = decode_signing_key(
+                StoredSigningKey {
+                    plaintext: None,
+                    sealed: Some(opened(previous)?),
+                },
+                &self.keyring,
+                app,
+            )
+            .map_err(|e| self.unreadable(e))?;
+            keys.extend(previous);
+        }
+        Ok(keys)
+    }
+
+    fn unreadable(&self, e: impl std::fmt::Display) -> ManagerError {
+        tracing::error!(error = %e, "a realtime signing key does not open with the configured keys");
+        ManagerError::Unavailable("the app's realtime signing key cannot be read".into())
+    }
+
+    fn seal(&self, key: &[u8], app: AppId) -> Result<Sealed, ManagerError> {
+        self.keyring
+            .seal(key, &Aad::Realtime { app_id: app })
+            .map_err(|e| {
+                tracing::error!(error = %e, "sealing a realtime signing key failed");
+                ManagerError::Unavailable("the signing key could not be sealed".into())
+            })
+    }
+
+    /// A token for `topics` of `app`, valid for `ttl_secs` (1 to 7 days).
+    pub async fn mint(
+        &self,
+        app: AppId,
+        topics: Vec<String>,
+        ttl_secs: u64,
+    ) -> Result<IssuedToken, ManagerError> {
+        validate_topics(&topics).map_err(ManagerError::from)?;
+        if !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl_secs) {
+            return Err(ManagerError::Validation(format!(
+                "ttl_secs must be 1-{MAX_TOKEN_TTL_SECS}"
+            )));
+        }
+        let keys = self.keys(app, true).await?;
+        let key = keys
+            .first()
+            .ok_or_else(|| ManagerError::Unavailable("the app has no signing key".into()))?;
+        let expires_at = Utc::now() + Duration::seconds(ttl_secs as i64);
+        let claims = TokenClaims {
+            app_id: app.0,
+            topics,
+            exp: expires_at.timestamp(),
+        };
+        Ok(IssuedToken {
+            token: sign(&claims, key),
+            expires_at,
+        })
+    }
+
+    /// Replaces the app's signing key; tokens signed by the one it replaces
+    /// keep verifying for the grace period.
+    pub async fn rotate(&self, app: AppId) -> Result<(), ManagerError> {
+        let keys = self.keys(app, true).await?;
+        let current = keys
+            .first()
+            .ok_or_else(|| ManagerError::Unavailable("the app has no signing key".into()))?;
+        let mut next = Zeroizing::new(vec![0u8; SIGNING_KEY_BYTES]);
+        rand::rngs::OsRng.fill_bytes(&mut next);
+        let grace = i64::try_from(self.grace_secs).unwrap_or(i64::MAX);
+        let rotated = repo::realtime::rotate_signing_key(
+            &self.pool,
+            app.0,
+            &self.seal(&next, app)?,
+            &self.seal(current, app)?,
+            grace,
+        )
+        .await?;
+        if rotated {
+            Ok(())
+        } else {
+            Err(ManagerError::NotFound("app"))
+        }
+    }
+
+    /// Checks a subscriber's token for `topics` of `app`: 401 kinds for a
+    /// malformed, forged or expired token, 403 kinds for a valid token of
+    /// another app or without a requested topic.
+    pub async fn authorize(
+        &self,
+        app: AppId,
+        token: &str,
+        topics: &[String],
+    ) -> Result<TokenClaims, SubscribeRefusal> {
+        validate_subscription(topics).map_err(|e| SubscribeRefusal::BadTopics(e.to_string()))?;
+        if repo::apps::get(&self.pool, app)
+            .await
+            .map_err(ManagerError::from)?
+            .is_none()
+        {
+            return Err(SubscribeRefusal::NoApp);
+        }
+        let claimed = unverified_claims(token).map_err(SubscribeRefusal::Token)?;
+        // Checked with the key of the app it names: a genuine token of
+        // another app is a 403, anything else that fails a 401.
+        let keys = self.keys(AppId(claimed.app_id), false).await?;
+        let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+        let claims =
+            verify(token, &keys, Utc::now().timestamp()).map_err(SubscribeRefusal::Token)?;
+        authorize(&claims, app, topics).map_err(SubscribeRefusal::Token)?;
+        Ok(claims)
+    }
+
+    /// Seals every signing key an older install stored in plaintext (the
+    /// plaintext stays for a later migration to drop); idempotent, and safe
+    /// beside other processes doing the same. Returns how many it sealed.
+    pub async fn seal_plaintext_keys(&self) -> Result<u64, ManagerError> {
+        let mut sealed_total = 0u64;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let rows = repo::realtime::plaintext_only(&mut tx, 100).await?;
+            if rows.is_empty() {
+                tx.commit().await?;
+                return Ok(sealed_total);
+            }
+            for (app, key) in rows {
+                let key = Zeroizing::new(key);
+                let sealed = self.seal(&key, AppId(app))?;
+                repo::realtime::seal_plaintext(&mut tx, app, &sealed).await?;
+                sealed_total += 1;
+            }
+            tx.commit().await?;
+        }
+    }
+
+    /// Sends `message` on `topic` of `app` to the subscribers of every
+    /// process (`NOTIFY`, through a table when too large for a payload).
+    pub async fn publish(
+        &self,
+        app: AppId,
+        topic: &str,
+        message: &Value,
+    ) -> Result<(), ManagerError> {
+        publish(&self.pool, app, topic, message).await
+    }
+}
+
+/// See [`RealtimeServiceImpl::publish`].
+pub async fn publish(
+    pool: &PgPool,
+    app: AppId,
+    topic: &str,
+    message: &Value,
+) -> Result<(), ManagerError> {
+    let id = Uuid::new_v4().simple().to_string();
+    let text = message.to_string();
+    let inline = json!({"a": app.0, "t": topic, "i": id, "m": message}).to_string();
+    if inline.len() <= MAX_INLINE_NOTIFY_BYTES {
+        repo::realtime::notify(pool, &inline).await?;
+    } else {
+        repo::realtime::notify_stored(pool, app.0, topic, &id, &text).await?;
+    }
+    Ok(())
+}
+
+/// A sealed value as stored, as the keyring takes it.
+fn opened(stored: &repo::realtime::StoredSeal) -> Result<Sealed, ManagerError> {
+    Sealed::from_stored(&stored.key_id, &stored.nonce, stored.ciphertext.clone()).map_err(|_| {
+        tracing::error!("a realtime signing key is stored malformed");
+        ManagerError::Unavailable("the app's realtime signing key cannot be read".into())
+    })
+}
+
+#[async_trait]
+impl RealtimeService for RealtimeServiceImpl {
+    async fn token(
+        &self,
+        ctx: &CallContext,
+        topics: Vec<String>,
+        ttl_secs: u64,
+    ) -> Result<IssuedToken, ServiceError> {
+        self.mint(ctx.app_id, topics, ttl_secs)
+            .await
+            .map_err(ServiceError::from)
+    }
+}
