@@ -28,6 +28,15 @@ pub const MAX_ATTACHMENTS: usize = 100;
 /// Most `message/rfc822` parts one MIME body may declare: the parser recurses
 /// into each, and a deep chain of them overflows a thread's stack.
 pub const MAX_NESTED_MESSAGES: usize = 32;
+/// Most `Content-Type` headers one MIME body may hold. Every level of nesting
+/// needs one (a part without it is text, or a digest's message whose own
+/// nesting needs one again), however the type is spelled (`message/global`,
+/// `multipart/digest`, spaces), so this bounds the parser's depth, and with
+/// it its stack; it also bounds the parts it builds.
+pub const MAX_MIME_CONTENT_TYPES: usize = 1000;
+/// Most lines starting with `--` (boundary lines, at most) one MIME body may
+/// hold: parts without headers cost the parser memory too.
+pub const MAX_MIME_BOUNDARY_LINES: usize = 10_000;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -227,13 +236,78 @@ struct JsonAttachment {
 #[derive(Deserialize)]
 struct JsonEmail {
     from: Option<String>,
+    #[serde(default, deserialize_with = "addresses")]
     to: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "addresses")]
     cc: Option<Vec<String>>,
     subject: Option<String>,
     text: Option<String>,
     html: Option<String>,
     message_id: Option<String>,
+    #[serde(default, deserialize_with = "attachments")]
     attachments: Option<Vec<JsonAttachment>>,
+}
+
+/// `to`/`cc`: one address past what is kept is read (so the cut is seen),
+/// the rest skipped without building them.
+fn addresses<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    d.deserialize_option(CappedList::<String>::new(MAX_LISTED_RECIPIENTS + 1))
+}
+
+/// `attachments`: one past the limit is read (so the refusal is seen), the
+/// rest skipped without building them.
+fn attachments<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<JsonAttachment>>, D::Error> {
+    d.deserialize_option(CappedList::<JsonAttachment>::new(MAX_ATTACHMENTS + 1))
+}
+
+/// A JSON array (or null) of which only the first `keep` items are built:
+/// a 10 MB body of `{}` items must not become gigabytes of structs.
+struct CappedList<T> {
+    keep: usize,
+    item: std::marker::PhantomData<T>,
+}
+
+impl<T> CappedList<T> {
+    fn new(keep: usize) -> Self {
+        Self {
+            keep,
+            item: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for CappedList<T> {
+    type Value = Option<Vec<T>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array or null")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while items.len() < self.keep {
+            match seq.next_element::<T>()? {
+                Some(item) => items.push(item),
+                None => return Ok(Some(items)),
+            }
+        }
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Some(items))
+    }
 }
 
 /// Reads the generic JSON shape `{from, to[], cc[], subject, text, html,
@@ -319,6 +393,21 @@ pub fn parse_mime_email(
     if nested > MAX_NESTED_MESSAGES {
         return Err(MalformedEmail(format!(
             "the MIME message nests more than {MAX_NESTED_MESSAGES} messages"
+        )));
+    }
+    let content_types = body
+        .windows(b"content-type".len())
+        .filter(|w| w.eq_ignore_ascii_case(b"content-type"))
+        .count();
+    if content_types > MAX_MIME_CONTENT_TYPES {
+        return Err(MalformedEmail(format!(
+            "the MIME message has more than {MAX_MIME_CONTENT_TYPES} parts"
+        )));
+    }
+    let boundary_lines = body.windows(3).filter(|w| w == b"\n--").count();
+    if boundary_lines > MAX_MIME_BOUNDARY_LINES {
+        return Err(MalformedEmail(format!(
+            "the MIME message has more than {MAX_MIME_BOUNDARY_LINES} boundary lines"
         )));
     }
     let message = MessageParser::default()
@@ -411,7 +500,14 @@ fn within_limits(mut email: InboundEmail) -> Result<InboundEmail, MalformedEmail
     }
     cut |= cut_to(&mut email.subject, MAX_SUBJECT_BYTES);
     if let Some(id) = &mut email.message_id {
-        cut |= cut_to(id, MAX_FIELD_BYTES);
+        if id.len() > MAX_FIELD_BYTES {
+            // Cut, but kept distinct: it deduplicates deliveries.
+            let digest = hex::encode(Sha256::digest(id.as_bytes()));
+            cut_to(id, MAX_FIELD_BYTES - 80);
+            id.push_str(" sha256:");
+            id.push_str(&digest);
+            cut = true;
+        }
     }
     for attachment in &mut email.attachments {
         if let Some(name) = &mut attachment.filename {
@@ -549,6 +645,68 @@ pub fn plus_tag(address: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deep_mime_nesting_of_any_spelling_is_refused_not_a_stack_overflow() {
+        let nested = |declaration: &str, depth: usize| {
+            let mut body = format!("From: a@b.co\r\n{declaration}\r\n\r\n");
+            for _ in 0..depth {
+                body.push_str(declaration);
+                body.push_str("\r\n\r\n");
+            }
+            body.push_str("From: a@b.co\r\n\r\nhi\r\n");
+            body.into_bytes()
+        };
+        for declaration in [
+            "Content-Type: message/global",
+            "Content-Type: multipart/digest; boundary=x",
+            "CONTENT-TYPE: message / global",
+        ] {
+            let refused = parse_mime_email(&nested(declaration, 50_000), Utc::now()).unwrap_err();
+            assert!(refused.0.contains("parts"), "{declaration}: {refused}");
+            // Just under the limit, the parser's depth is fine on a 2 MiB test thread.
+            let _ = parse_mime_email(&nested(declaration, MAX_MIME_CONTENT_TYPES - 2), Utc::now());
+        }
+        let many_parts = format!(
+            "From: a@b.co\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n{}--b--\r\n",
+            "--b\r\n\r\n".repeat(MAX_MIME_BOUNDARY_LINES + 1)
+        );
+        assert!(parse_mime_email(many_parts.as_bytes(), Utc::now())
+            .unwrap_err()
+            .0
+            .contains("boundary lines"));
+    }
+
+    #[test]
+    fn long_json_lists_are_not_built_past_what_is_kept() {
+        let addresses: Vec<String> = (0..150).map(|i| format!("r{i}@example.org")).collect();
+        let body = serde_json::json!({"from": "a@b.co", "to": addresses, "cc": null,
+            "attachments": vec![serde_json::json!({}); 5000]});
+        let parsed: JsonEmail = serde_json::from_value(body.clone()).unwrap();
+        assert_eq!(parsed.to.unwrap().len(), MAX_LISTED_RECIPIENTS + 1);
+        assert!(parsed.cc.is_none());
+        assert_eq!(parsed.attachments.unwrap().len(), MAX_ATTACHMENTS + 1);
+        let refused = parse_json_email(body.to_string().as_bytes(), Utc::now()).unwrap_err();
+        assert!(refused.0.contains("at most 100 attachments"), "{refused}");
+        // A wrong type is still a wrong type.
+        assert!(parse_json_email(br#"{"from":"a@b.co","to":"x"}"#, Utc::now()).is_err());
+    }
+
+    #[test]
+    fn cut_message_ids_stay_distinct_and_stable() {
+        let id = |tail: &str| {
+            let body = serde_json::json!({"from": "a@b.co",
+                "message_id": format!("<{}{tail}>", "x".repeat(2000))});
+            parse_json_email(body.to_string().as_bytes(), Utc::now())
+                .unwrap()
+                .message_id
+                .unwrap()
+        };
+        let (one, two) = (id("1"), id("2"));
+        assert!(one.len() <= MAX_FIELD_BYTES, "{}", one.len());
+        assert_ne!(one, two);
+        assert_eq!(one, id("1"));
+    }
 
     #[test]
     fn nul_characters_become_replacement_characters() {

@@ -83,7 +83,7 @@ impl InboundService {
     /// inside a tokio runtime (it starts its delivery writer and an [`OutboxNotifier`]).
     pub fn new(pool: PgPool, keyring: Arc<Keyring>, public_url: String) -> Self {
         Self {
-            writer: DeliveryWriter::start(pool.clone(), OutboxNotifier::start(pool.clone())),
+            writer: DeliveryWriter::start(writer_pool(&pool), OutboxNotifier::start(pool.clone())),
             pool,
             keyring,
             targets: Arc::default(),
@@ -513,6 +513,33 @@ async fn wait_for(
         .map_err(|()| InboundRefusal::NotStored)
 }
 
+/// How long the delivery writer waits for a row lock (the trigger's or the
+/// app's, which each outbox row's foreign-key checks take) before giving up
+/// on a batch: one app's locked row must not hold up every app's email.
+const WRITER_LOCK_TIMEOUT_MS: u64 = 2_000;
+
+/// The delivery writer's connections: `pool`'s database, with
+/// [`WRITER_LOCK_TIMEOUT_MS`] as their `lock_timeout`.
+fn writer_pool(pool: &PgPool) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .test_before_acquire(false)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                sqlx::query(&format!("SET lock_timeout = {WRITER_LOCK_TIMEOUT_MS}"))
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_lazy_with(pool.connect_options().as_ref().clone())
+}
+
+/// Whether `e` is PostgreSQL's `lock_timeout` (55P03).
+fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+}
+
 /// Emails waiting for the delivery writer, most.
 const WRITER_QUEUE: usize = 4096;
 /// Batches written at once. One: requests arriving during a commit gather
@@ -652,11 +679,21 @@ async fn write_batches(
                     // One email must not fail the others: each is written alone.
                     tracing::warn!(error = %e, emails = items.len(), "storing a batch of inbound emails failed; writing them one by one");
                     let mut accepted = false;
+                    // A trigger whose rows are locked fails its other emails at
+                    // once rather than waiting out the lock timeout for each.
+                    let mut locked: HashSet<Uuid> = HashSet::new();
                     for (item, answer) in items.iter().zip(answers) {
+                        if locked.contains(&item.trigger_id) {
+                            let _ = answer.send(Err(()));
+                            continue;
+                        }
                         let outcome =
                             repo::inbound::deliver_batch(&pool, std::slice::from_ref(item))
                                 .await
                                 .map_err(|e| {
+                                    if is_lock_timeout(&e) {
+                                        locked.insert(item.trigger_id);
+                                    }
                                     tracing::error!(error = %e, "storing an inbound email failed");
                                 })
                                 .map(|mut outcomes| outcomes.pop().unwrap_or(Delivery::NoTrigger));
@@ -686,6 +723,7 @@ fn parse(body: &[u8], mime: bool) -> Result<InboundEmail, InboundRefusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn pending(trigger_id: Uuid, key: Option<&str>) -> PendingDelivery {
         PendingDelivery {
@@ -767,6 +805,53 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(stored, 2);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn one_apps_locked_row_does_not_hold_up_other_apps_email(pool: PgPool) {
+        let (stuck, free) = (email_trigger(&pool).await, email_trigger(&pool).await);
+        // Someone holds app `stuck`'s row (as a long admin transaction would).
+        let mut holder = pool.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM apps a JOIN triggers t ON t.app_id = a.id WHERE t.id = $1 FOR UPDATE OF a")
+            .bind(stuck)
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let writer = DeliveryWriter::start(writer_pool(&pool), OutboxNotifier::start(pool.clone()));
+        let item = |trigger_id| DeliveryItem {
+            trigger_id,
+            dedupe_key: None,
+            payload: r#"{"kind":"email"}"#.into(),
+            secret: None,
+            check_secret: false,
+        };
+        let mut answers = Vec::new();
+        for trigger in [stuck, stuck, free] {
+            answers.push(writer.enqueue(item(trigger)).await.unwrap());
+        }
+        // Without a lock timeout this waits for `holder`, which waits for it.
+        let outcomes = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut outcomes = Vec::new();
+            for answer in answers {
+                outcomes.push(wait_for(answer).await);
+            }
+            outcomes
+        })
+        .await
+        .expect("the writer gave up on the locked rows");
+        assert!(
+            matches!(outcomes[0], Err(InboundRefusal::NotStored)),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(outcomes[1], Err(InboundRefusal::NotStored)),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(outcomes[2], Ok(Delivery::Accepted(_))),
+            "{outcomes:?}"
+        );
+        holder.rollback().await.unwrap();
     }
 
     #[tokio::test]
