@@ -14,16 +14,32 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+/// The schema of `topics`: 1-64 topics, each exact or `prefix.*`.
+fn topics_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(256))
+                .pattern(Some("^[A-Za-z0-9_:-]+(\\.[A-Za-z0-9_:-]+)*(\\.\\*)?$")),
+        )
+        .min_items(Some(1))
+        .max_items(Some(64))
+        .build()
+}
+
 /// Body of `POST .../realtime/tokens`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintToken {
     /// Topics the token grants (1-64), each a topic or a `prefix.*` pattern.
-    #[schema(min_items = 1, max_items = 64)]
+    #[schema(schema_with = topics_schema)]
     topics: Vec<String>,
     /// Seconds the token is valid: 1 to 604800 (7 days).
-    #[schema(minimum = 1, maximum = 604800)]
-    ttl_secs: u64,
+    #[schema(minimum = 1, maximum = 604800, value_type = u64, required = true)]
+    #[serde(deserialize_with = "picloud_shared::values::optional_whole_number")]
+    ttl_secs: Option<u64>,
 }
 
 /// The routes.
@@ -48,7 +64,7 @@ async fn mint_token(
     let body = body.parse().await?;
     let issued = st
         .realtime
-        .mint(AppId(app_id), body.topics, body.ttl_secs)
+        .mint(AppId(app_id), body.topics, body.ttl_secs.unwrap_or(0))
         .await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }
