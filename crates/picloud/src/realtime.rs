@@ -38,7 +38,7 @@ pub struct RealtimeMessage {
 struct Subscriber {
     id: u64,
     app: Uuid,
-    topics: Vec<String>,
+    topics: Arc<[String]>,
     sender: mpsc::Sender<Arc<RealtimeMessage>>,
 }
 
@@ -65,16 +65,23 @@ pub struct Subscription {
     _registration: Registration,
 }
 
-/// Removes its subscriber from the hub when dropped.
+/// Removes its subscriber from the hub when dropped. It holds no sender: the
+/// hub's map holds the only one, so a subscriber the hub drops (too slow) sees
+/// its stream end.
 struct Registration {
     hub: Hub,
-    subscriber: Arc<Subscriber>,
+    id: u64,
+    app: Uuid,
+    topics: Arc<[String]>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut by_topic = self.hub.lock();
-        if self.hub.remove(&mut by_topic, &self.subscriber) {
+        if self
+            .hub
+            .remove(&mut by_topic, self.id, self.app, &self.topics)
+        {
             self.hub.inner.metrics.realtime_subscribers.dec();
         }
     }
@@ -108,14 +115,16 @@ impl Hub {
     /// Subscribes to `topics` of `app`.
     pub fn subscribe(&self, app: Uuid, topics: Vec<String>) -> Subscription {
         let (sender, messages) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let topics: Arc<[String]> = topics.into();
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let subscriber = Arc::new(Subscriber {
-            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             app,
-            topics,
+            topics: topics.clone(),
             sender,
         });
         let mut by_topic = self.lock();
-        for topic in &subscriber.topics {
+        for topic in subscriber.topics.iter() {
             by_topic
                 .entry((app, topic.clone()))
                 .or_default()
@@ -127,19 +136,22 @@ impl Hub {
             messages,
             _registration: Registration {
                 hub: self.clone(),
-                subscriber,
+                id,
+                app,
+                topics,
             },
         }
     }
 
-    /// Removes `subscriber` from every topic; whether it was still registered.
-    fn remove(&self, by_topic: &mut ByTopic, subscriber: &Subscriber) -> bool {
+    /// Removes subscriber `id` of `app` from each of its `topics`; whether it
+    /// was still registered.
+    fn remove(&self, by_topic: &mut ByTopic, id: u64, app: Uuid, topics: &[String]) -> bool {
         let mut found = false;
-        for topic in &subscriber.topics {
-            let key = (subscriber.app, topic.clone());
+        for topic in topics {
+            let key = (app, topic.clone());
             if let Some(list) = by_topic.get_mut(&key) {
                 let before = list.len();
-                list.retain(|s| s.id != subscriber.id);
+                list.retain(|s| s.id != id);
                 found |= list.len() < before;
                 if list.is_empty() {
                     by_topic.remove(&key);
@@ -171,7 +183,12 @@ impl Hub {
         }
         for subscriber in gone {
             // Its stream ends once it has read what is buffered.
-            if self.remove(&mut by_topic, &subscriber) {
+            if self.remove(
+                &mut by_topic,
+                subscriber.id,
+                subscriber.app,
+                &subscriber.topics,
+            ) {
                 self.inner.metrics.realtime_subscribers.dec();
             }
         }
@@ -301,9 +318,14 @@ mod tests {
         assert_eq!(other_topic.messages.recv().await.unwrap().topic, "u");
         let mut stalled = stalled;
         let mut buffered = 0;
-        while stalled.messages.recv().await.is_some() {
-            buffered += 1;
-        }
+        // Its stream ends (a hang here: the hub's removal left a sender alive).
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while stalled.messages.recv().await.is_some() {
+                buffered += 1;
+            }
+        })
+        .await
+        .expect("the disconnected subscriber's stream ends");
         assert_eq!(
             buffered, SUBSCRIBER_BUFFER,
             "it reads what was buffered, then ends"

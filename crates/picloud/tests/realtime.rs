@@ -77,6 +77,20 @@ struct Events {
 }
 
 impl Events {
+    /// Events until the stream ends (keep-alive comments skipped).
+    async fn count_until_end(mut self) -> usize {
+        let mut text = std::mem::take(&mut self.buffer);
+        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), self.body.next())
+            .await
+            .expect("the stream ends within 10 s")
+        {
+            text.push_str(std::str::from_utf8(&chunk.expect("the stream reads")).unwrap());
+        }
+        text.split("\n\n")
+            .filter(|block| block.contains("data:"))
+            .count()
+    }
+
     /// The next event as `(event, data, id)`, skipping keep-alive comments.
     async fn next(&mut self) -> (String, String, String) {
         loop {
@@ -403,7 +417,7 @@ async fn a_subscriber_that_never_reads_is_disconnected_while_another_gets_everyt
     let t = TestApp::with_keyring(pool.clone(), test_config(), keyring).await;
     let app = app_with_publisher(&t).await;
     let token = mint(&t, &app, &["firehose"], 600).await;
-    let _never_read = subscribe(&router, &app, "firehose", Some(&token), false)
+    let never_read = subscribe(&router, &app, "firehose", Some(&token), false)
         .await
         .unwrap();
     let mut reader = subscribe(&router, &app, "firehose", Some(&token), false)
@@ -426,5 +440,73 @@ async fn a_subscriber_that_never_reads_is_disconnected_while_another_gets_everyt
     let reader = reading.await.unwrap();
     assert_eq!(state.metrics.realtime_slow_disconnects.get(), 1);
     assert_eq!(state.metrics.realtime_subscribers.get(), 1);
+    // Disconnected: its stream gives what was buffered, then ends.
+    assert_eq!(
+        never_read.count_until_end().await,
+        realtime::SUBSCRIBER_BUFFER
+    );
     drop(reader);
+}
+
+/// Log lines written while it is the thread's subscriber.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_listener_that_loses_its_connection_reconnects_and_says_so(pool: PgPool) {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // The runtime has one thread: the listener task logs through this subscriber.
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let keyring = test_keyring();
+    let (router, _state) = server(&pool, keyring.clone()).await;
+    let t = TestApp::with_keyring(pool.clone(), test_config(), keyring).await;
+    let app = app_with_publisher(&t).await;
+    let token = mint(&t, &app, &["orders"], 600).await;
+    let mut events = subscribe(&router, &app, "orders", Some(&token), false)
+        .await
+        .unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(killed, [true], "one listening connection");
+    eventually("the listener to reconnect", Duration::from_secs(30), || {
+        let text = logs.text();
+        async move {
+            text.contains("the realtime listener is connected again")
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(logs.text().contains("reconnecting"), "{}", logs.text());
+    publish(&router, &app, "orders", json!({"after": "reconnect"})).await;
+    let (_, data, _) = events.next().await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap(),
+        json!({"after": "reconnect"})
+    );
 }
