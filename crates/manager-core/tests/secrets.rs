@@ -1,5 +1,6 @@
 //! Secrets sealed at rest, the start-up key check and rotation, on real PostgreSQL.
 
+use picloud_manager_core::service::realtime::RealtimeServiceImpl;
 use picloud_manager_core::{
     sealed::{check_keys, rotate, SealedDataError},
     service::{
@@ -139,6 +140,11 @@ async fn rotation_reseals_everything_and_resumes_after_interruption(pool: PgPool
         .set_app_secret(a, Some(zeroize::Zeroizing::new(INBOUND_SECRET.to_owned())))
         .await
         .unwrap();
+    // And an app's realtime signing key, current and (after a rotation) previous.
+    let realtime = RealtimeServiceImpl::new(pool.clone(), old_ring_for(&old), 3600);
+    let before_rotation = realtime.mint(a, vec!["t".into()], 600).await.unwrap().token;
+    realtime.rotate(a).await.unwrap();
+    let after_rotation = realtime.mint(a, vec!["t".into()], 600).await.unwrap().token;
 
     let rotating = keyring_of(&new, &[&old]);
     // Interrupted after one batch of 3, as a crash would leave it.
@@ -149,10 +155,12 @@ async fn rotation_reseals_everything_and_resumes_after_interruption(pool: PgPool
         vec![
             ("secrets", 3, 0),
             ("triggers", 0, 0),
-            ("app_inbound_secrets", 0, 0)
+            ("app_inbound_secrets", 0, 0),
+            ("app_secrets", 0, 0),
+            ("app_secrets", 0, 0)
         ]
     );
-    assert_eq!(partial.remaining, 5 + 1 + 1);
+    assert_eq!(partial.remaining, 5 + 1 + 1 + 2);
     // Half way, a server holding both keys reads every value, and the old key alone
     // is no longer enough (the start-up check names the new key).
     let mixed = SecretsServiceImpl::new(pool.clone(), rotating.clone(), 1024);
@@ -177,7 +185,9 @@ async fn rotation_reseals_everything_and_resumes_after_interruption(pool: PgPool
         vec![
             ("secrets", 5, 3),
             ("triggers", 1, 0),
-            ("app_inbound_secrets", 1, 0)
+            ("app_inbound_secrets", 1, 0),
+            ("app_secrets", 1, 0),
+            ("app_secrets", 1, 0)
         ]
     );
     assert_eq!(done.remaining, 0);
@@ -188,7 +198,9 @@ async fn rotation_reseals_everything_and_resumes_after_interruption(pool: PgPool
         vec![
             ("secrets", 0, 8),
             ("triggers", 0, 1),
-            ("app_inbound_secrets", 0, 1)
+            ("app_inbound_secrets", 0, 1),
+            ("app_secrets", 0, 1),
+            ("app_secrets", 0, 1)
         ]
     );
 
@@ -231,6 +243,11 @@ async fn rotation_reseals_everything_and_resumes_after_interruption(pool: PgPool
         )
         .unwrap();
     assert_eq!(&opened[..], INBOUND_SECRET.as_bytes());
+    // Both realtime keys were re-sealed: tokens of either still verify with the new key alone.
+    let realtime = RealtimeServiceImpl::new(pool.clone(), keyring_of(&new, &[]), 3600);
+    for token in [&before_rotation, &after_rotation] {
+        realtime.authorize(a, token, &["t".into()]).await.unwrap();
+    }
 }
 
 const INBOUND_SECRET: &str = "inbound-secret-0123456789";

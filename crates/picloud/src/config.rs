@@ -95,7 +95,7 @@ impl Default for AppConfig {
 /// Open files this process may hold, after raising the soft limit to the hard
 /// one (as Go and nginx do: the soft default of 1,024 is far below what a
 /// server's connections need).
-fn raise_open_file_limit() -> u64 {
+pub fn raise_open_file_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -225,6 +225,7 @@ async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
         Scope::AppWrite,
         Scope::ScriptRead,
         Scope::ScriptWrite,
+        Scope::DataWrite,
         Scope::Admin,
     ] {
         // Fresh resources for routes that consume them.
@@ -385,7 +386,20 @@ async fn scope_matrix_covers_every_admin_route(pool: PgPool) {
                     Some(json!({"secret": "a-secret-of-sixteen+"})),
                     StatusCode::OK,
                 ),
+                (
+                    Method::POST,
+                    format!("/api/v1/admin/apps/{app}/realtime/rotate-key"),
+                    None,
+                    StatusCode::NO_CONTENT,
+                ),
             ],
+            // Minting subscriber tokens (SPEC §3).
+            Scope::DataWrite => vec![(
+                Method::POST,
+                format!("/api/v1/admin/apps/{app}/realtime/tokens"),
+                Some(json!({"topics": ["orders"], "ttl_secs": 60})),
+                StatusCode::CREATED,
+            )],
             Scope::ScriptRead => vec![
                 (
                     Method::GET,

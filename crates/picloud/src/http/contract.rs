@@ -124,6 +124,24 @@ const LINKS: &[LinkSpec] = &[
     LinkSpec {
         from: "create_app",
         status: "201",
+        to: "mint_token",
+        parameters: &[APP_ID],
+    },
+    LinkSpec {
+        from: "create_app",
+        status: "201",
+        to: "rotate_key",
+        parameters: &[APP_ID],
+    },
+    LinkSpec {
+        from: "create_app",
+        status: "201",
+        to: "subscribe",
+        parameters: &[APP_ID],
+    },
+    LinkSpec {
+        from: "create_app",
+        status: "201",
         to: "put_email_policy",
         parameters: &[APP_ID],
     },

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 /// The query of a subscription.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RealtimeQuery {
     /// Comma-separated topics (1-64) the token must grant.
     topics: Option<String>,
