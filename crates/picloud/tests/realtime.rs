@@ -510,3 +510,58 @@ async fn a_listener_that_loses_its_connection_reconnects_and_says_so(pool: PgPoo
         json!({"after": "reconnect"})
     );
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_script_mints_tokens_and_first_uses_at_once_agree_on_one_key(pool: PgPool) {
+    let keyring = test_keyring();
+    let (router, state) = server(&pool, keyring.clone()).await;
+    let t = TestApp::with_keyring(pool.clone(), test_config(), keyring).await;
+    let app = t.create_app("minting").await;
+    // Two first uses at once: one key is created, and both tokens verify with it.
+    let app_id = picloud_shared::ids::AppId(uuid::Uuid::parse_str(&app).unwrap());
+    let (one, two) = tokio::join!(
+        state.realtime.mint(app_id, vec!["a".into()], 60),
+        state.realtime.mint(app_id, vec!["a".into()], 60),
+    );
+    for token in [one.unwrap().token, two.unwrap().token] {
+        assert!(subscribe(&router, &app, "a", Some(&token), false)
+            .await
+            .is_ok());
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM app_secrets")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    // A script hands its client a token (realtime::token).
+    t.create_script(&app, "token", r#"realtime::token(["a", "b.*"], 120)"#, true)
+        .await;
+    let (status, token) = t.invoke(&app, "token", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{token}");
+    let token = token.as_str().unwrap().to_owned();
+    assert!(subscribe(&router, &app, "a,b.c", Some(&token), false)
+        .await
+        .is_ok());
+    t.create_script(&app, "bad", r#"realtime::token(["a..b"], 120)"#, false)
+        .await;
+    let (status, _) = t.invoke(&app, "bad", json!({})).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    // The realtime series are on /metrics.
+    let response = tower::ServiceExt::oneshot(
+        router.clone(),
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let text = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&text);
+    for series in [
+        "picloud_realtime_subscribers",
+        "picloud_realtime_messages_delivered_total",
+        "picloud_realtime_slow_disconnects_total",
+    ] {
+        assert!(text.contains(series), "{series} is missing from /metrics");
+    }
+}
