@@ -112,8 +112,25 @@ impl Hub {
         self.inner.listening.load(Ordering::Relaxed)
     }
 
-    /// Subscribes to `topics` of `app`.
-    pub fn subscribe(&self, app: Uuid, topics: Vec<String>) -> Subscription {
+    /// Ends every subscription (at shutdown: an event stream never ends by
+    /// itself, and graceful shutdown waits for responses to end).
+    pub fn close_all(&self) {
+        let mut by_topic = self.lock();
+        let subscribers: std::collections::HashSet<u64> = by_topic
+            .values()
+            .flat_map(|list| list.iter().map(|s| s.id))
+            .collect();
+        by_topic.clear();
+        self.inner
+            .metrics
+            .realtime_subscribers
+            .sub(subscribers.len() as i64);
+    }
+
+    /// Subscribes to `topics` of `app` (a topic named twice counts once).
+    pub fn subscribe(&self, app: Uuid, mut topics: Vec<String>) -> Subscription {
+        topics.sort_unstable();
+        topics.dedup();
         let (sender, messages) = mpsc::channel(SUBSCRIBER_BUFFER);
         let topics: Arc<[String]> = topics.into();
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -196,14 +213,14 @@ impl Hub {
     }
 }
 
-/// A notification on `picloud_realtime`: the message inline (`m`) or the row
-/// of `realtime_messages` holding it (`r`).
+/// The first line of a notification on `picloud_realtime`; the message's
+/// JSON text follows on the next line as published (never parsed here: any
+/// depth, `null` included), or sits in row `r` of `realtime_messages`.
 #[derive(Deserialize)]
 struct Notification {
     a: Uuid,
     t: String,
     i: String,
-    m: Option<serde_json::Value>,
     r: Option<i64>,
 }
 
@@ -257,12 +274,23 @@ pub async fn seal_plaintext_keys(realtime: RealtimeServiceImpl) {
 }
 
 async fn receive(pool: &PgPool, hub: &Hub, payload: &str) {
-    let Ok(note) = serde_json::from_str::<Notification>(payload) else {
+    let (head, inline) = match payload.split_once('\n') {
+        Some((head, message)) => (head, Some(message)),
+        None => (payload, None),
+    };
+    // Anyone who can reach the database can NOTIFY: ids and topics must be
+    // what picloud writes (a newline in an SSE field would break the stream).
+    let note = serde_json::from_str::<Notification>(head).ok().filter(|n| {
+        n.i.len() == 32
+            && n.i.bytes().all(|b| b.is_ascii_hexdigit())
+            && picloud_shared::triggers::validate_topic(&n.t).is_ok()
+    });
+    let Some(note) = note else {
         tracing::warn!("a malformed realtime notification was ignored");
         return;
     };
-    let data = match (note.m, note.r) {
-        (Some(message), _) => message.to_string(),
+    let data = match (inline, note.r) {
+        (Some(message), _) => message.to_owned(),
         (None, Some(row)) => match repo::realtime::stored_message(pool, row).await {
             Ok(Some(text)) => text,
             Ok(None) => {
@@ -274,8 +302,16 @@ async fn receive(pool: &PgPool, hub: &Hub, payload: &str) {
                 return;
             }
         },
-        (None, None) => return,
+        (None, None) => {
+            tracing::warn!("a realtime notification without a message was ignored");
+            return;
+        }
     };
+    if data.contains('\n') || data.contains('\r') {
+        // picloud writes compact JSON; anything else did not come from it.
+        tracing::warn!("a malformed realtime notification was ignored");
+        return;
+    }
     hub.deliver(
         note.a,
         RealtimeMessage {
@@ -333,6 +369,12 @@ mod tests {
         drop(stalled);
         drop(reader);
         assert_eq!(metrics.realtime_subscribers.get(), 1);
+        // At shutdown every stream ends.
+        let mut open = hub.subscribe(app, vec!["v".into(), "v".into()]);
+        hub.close_all();
+        assert!(open.messages.recv().await.is_none());
+        assert!(other_topic.messages.recv().await.is_none());
+        assert_eq!(metrics.realtime_subscribers.get(), 0);
         // Another app's subscribers never see this app's messages.
         let mut elsewhere = hub.subscribe(Uuid::new_v4(), vec!["u".into()]);
         hub.deliver(app, message("u", 1));

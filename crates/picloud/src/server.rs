@@ -75,6 +75,7 @@ pub async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     let dispatcher = dispatcher::start(&state, config.dispatch);
     let (stop_scheduler, scheduler_stopped) = tokio::sync::watch::channel(false);
     let scheduler = tokio::spawn(scheduler::run(database.pool.clone(), scheduler_stopped));
+    let hub = state.hub.clone();
     let app = build_router(state);
     tracing::info!(address = %config.listen, "picloud is listening");
 
@@ -87,6 +88,9 @@ pub async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     tracing::info!("shutdown signal received: no new connections, finishing in-flight requests");
     let _ = stop_tx.send(());
     let _ = stop_scheduler.send(true);
+    // Event streams never end by themselves: end them, or the grace period
+    // would always run out while a subscriber is connected.
+    hub.close_all();
     let grace = config.shutdown_grace;
     // Handlers and requests wind down together, each within the grace period.
     let (_, _, server) = tokio::join!(dispatcher.shutdown(), scheduler, async {

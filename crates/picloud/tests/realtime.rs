@@ -375,12 +375,12 @@ async fn an_older_installs_plaintext_key_is_sealed_at_start_and_its_tokens_still
         )
         .unwrap();
     assert_eq!(opened.as_slice(), &key);
-    // The sealed copy now verifies the same token (the plaintext is not read:
-    // clear it and the token still subscribes).
-    sqlx::query("UPDATE app_secrets SET realtime_key = NULL")
-        .execute(&pool)
+    // The plaintext is gone, and the sealed copy verifies the same token.
+    let plaintext: Option<Vec<u8>> = sqlx::query_scalar("SELECT realtime_key FROM app_secrets")
+        .fetch_one(&pool)
         .await
         .unwrap();
+    assert!(plaintext.is_none(), "the plaintext key was cleared");
     assert!(subscribe(&router, &app, "orders", Some(&token), false)
         .await
         .is_ok());
@@ -564,4 +564,52 @@ async fn a_script_mints_tokens_and_first_uses_at_once_agree_on_one_key(pool: PgP
     ] {
         assert!(text.contains(series), "{series} is missing from /metrics");
     }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn streams_end_with_their_token_and_carry_any_message_once(pool: PgPool) {
+    let keyring = test_keyring();
+    let (router, _state) = server(&pool, keyring.clone()).await;
+    let t = TestApp::with_keyring(pool.clone(), test_config(), keyring).await;
+    let app = app_with_publisher(&t).await;
+    let token = mint(&t, &app, &["orders"], 600).await;
+    // A topic named twice counts once.
+    let mut events = subscribe(&router, &app, "orders,orders", Some(&token), false)
+        .await
+        .unwrap();
+    // A forged notification (any database role can NOTIFY) is ignored, the stream lives on.
+    sqlx::query(
+        "SELECT pg_notify('picloud_realtime', json_build_object('a', $1::uuid, 't', 'orders', \
+         'i', E'x\\ny')::text || E'\\n1')",
+    )
+    .bind(&app)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // `null`, and a message nested as deep as a script may build.
+    publish(&router, &app, "orders", Value::Null).await;
+    let mut deep = json!(1);
+    for _ in 0..126 {
+        deep = json!([deep]);
+    }
+    publish(&router, &app, "orders", deep.clone()).await;
+    publish(&router, &app, "orders", json!("last")).await;
+    let (_, data, _) = events.next().await;
+    assert_eq!(data, "null");
+    let (_, data, _) = events.next().await;
+    assert_eq!(data, deep.to_string());
+    let (_, data, _) = events.next().await;
+    assert_eq!(data, "\"last\"", "each message once");
+    // A NUL in a message is refused as an argument, not as an unavailable database.
+    t.create_script(&app, "nul", r#"pubsub::publish("orders", "a\x00b")"#, false)
+        .await;
+    let (status, body) = t.invoke(&app, "nul", json!({})).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(body.to_string().contains("NUL"), "{body}");
+    // The stream ends when its token expires.
+    let short = mint(&t, &app, &["orders"], 2).await;
+    let ending = subscribe(&router, &app, "orders", Some(&short), false)
+        .await
+        .unwrap();
+    assert_eq!(ending.count_until_end().await, 0);
 }

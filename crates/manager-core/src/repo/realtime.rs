@@ -135,14 +135,15 @@ pub async fn plaintext_only(
     .await
 }
 
-/// Stores the sealed form of a plaintext-only row (the plaintext stays).
+/// Stores the sealed form of a plaintext-only row and clears the plaintext
+/// (the column stays for a later migration to drop).
 pub async fn seal_plaintext(
     tx: &mut sqlx::PgConnection,
     app: Uuid,
     sealed: &Sealed,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE app_secrets SET realtime_key_id = $2, realtime_nonce = $3, \
+        "UPDATE app_secrets SET realtime_key = NULL, realtime_key_id = $2, realtime_nonce = $3, \
              realtime_ciphertext = $4, updated_at = now() \
          WHERE app_id = $1 AND realtime_ciphertext IS NULL",
     )

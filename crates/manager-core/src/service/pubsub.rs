@@ -42,7 +42,13 @@ impl PubsubService for PubsubServiceImpl {
         message: Value,
     ) -> Result<u64, ServiceError> {
         validate_topic(topic)?;
-        capped_json(&message, self.max_message_bytes)?;
+        let encoded = capped_json(&message, self.max_message_bytes)?;
+        // PostgreSQL's jsonb refuses NUL characters: a clear refusal, not "unavailable".
+        if encoded.windows(6).any(|w| w == b"\\u0000") {
+            return Err(ServiceError::InvalidArgument(
+                "message must not contain NUL characters".into(),
+            ));
+        }
         let payload = json!({
             "kind": "pubsub",
             "topic": topic,

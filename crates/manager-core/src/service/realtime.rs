@@ -210,8 +210,8 @@ impl RealtimeServiceImpl {
         Ok(claims)
     }
 
-    /// Seals every signing key an older install stored in plaintext (the
-    /// plaintext stays for a later migration to drop); idempotent, and safe
+    /// Seals every signing key an older install stored in plaintext and
+    /// clears the plaintext (the column stays for a later migration to drop); idempotent, and safe
     /// beside other processes doing the same. Returns how many it sealed.
     pub async fn seal_plaintext_keys(&self) -> Result<u64, ManagerError> {
         let mut sealed_total = 0u64;
@@ -253,7 +253,8 @@ pub async fn publish(
 ) -> Result<(), ManagerError> {
     let id = Uuid::new_v4().simple().to_string();
     let text = message.to_string();
-    let inline = json!({"a": app.0, "t": topic, "i": id, "m": message}).to_string();
+    // A header line, then the message's JSON text as it is (compact: one line).
+    let inline = format!("{}\n{text}", json!({"a": app.0, "t": topic, "i": id}));
     if inline.len() <= MAX_INLINE_NOTIFY_BYTES {
         repo::realtime::notify(pool, &inline).await?;
     } else {

@@ -74,19 +74,31 @@ async fn subscribe(
             "a subscriber token is required (Authorization: Bearer, or the token parameter)",
         ));
     };
-    st.realtime
+    let claims = st
+        .realtime
         .authorize(AppId(app_id), token, &topics)
         .await
         .map_err(refusal)?;
     let subscription = st.hub.subscribe(app_id, topics);
-    let events = futures_util::stream::unfold(subscription, |mut subscription| async move {
-        let message = subscription.messages.recv().await?;
-        let event = Event::default()
-            .id(message.id.as_str())
-            .event(message.topic.as_str())
-            .data(message.data.as_str());
-        Some((Ok(event), subscription))
-    });
+    // The stream ends when the token expires: a client reconnects with a fresh one.
+    let expires_in = Duration::from_secs(
+        u64::try_from(claims.exp - chrono::Utc::now().timestamp()).unwrap_or(0),
+    );
+    let expiry = Box::pin(tokio::time::sleep(expires_in));
+    let events = futures_util::stream::unfold(
+        (subscription, expiry),
+        |(mut subscription, mut expiry)| async move {
+            let message = tokio::select! {
+                message = subscription.messages.recv() => message?,
+                () = &mut expiry => return None,
+            };
+            let event = Event::default()
+                .id(message.id.as_str())
+                .event(message.topic.as_str())
+                .data(message.data.as_str());
+            Some((Ok(event), (subscription, expiry)))
+        },
+    );
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
