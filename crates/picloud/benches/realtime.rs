@@ -97,12 +97,11 @@ struct Load {
     secs: u64,
 }
 
-/// Where subscribers connect: address, path, and each one's `Authorization`
-/// value (a token holds at most 16 streams; none for the bare broadcast).
+/// Where subscribers connect: address, path, `Authorization` value.
 struct Target {
     addr: std::net::SocketAddr,
     path: String,
-    auths: Vec<String>,
+    auth: Option<String>,
 }
 
 /// Opens the load's SSE connections to `target`, waits for `ready`,
@@ -117,12 +116,12 @@ where
         rate,
         secs,
     } = load;
-    let Target { addr, path, auths } = target;
+    let Target { addr, path, auth } = target;
     let messages = rate * secs;
     let mut clients = Vec::new();
-    for client in 0..subscribers {
+    for _ in 0..subscribers {
         let path = path.clone();
-        let auth = auths.get(client as usize).cloned();
+        let auth = auth.clone();
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         let head = format!(
             "GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n{}\r\n",
@@ -219,17 +218,12 @@ fn main() {
             .expect("state");
         tokio::spawn(realtime::listen(pool.clone(), state.hub.clone()));
         let app = state.apps.create("bench").await.expect("app").id;
-        // A token per subscriber, as each browser would have its own.
-        let mut auths = Vec::new();
-        for _ in 0..subscribers {
-            let token = state
-                .realtime
-                .mint(app, vec!["load".into()], 3600)
-                .await
-                .expect("token")
-                .token;
-            auths.push(format!("Bearer {token}"));
-        }
+        let token = state
+            .realtime
+            .mint(app, vec!["load".into()], 3600)
+            .await
+            .expect("token")
+            .token;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(serve(
@@ -248,7 +242,7 @@ fn main() {
             Target {
                 addr,
                 path: format!("/api/v1/apps/{}/realtime?topics=load", app.0),
-                auths,
+                auth: Some(format!("Bearer {token}")),
             },
             the_load,
             || metrics.realtime_subscribers.get() as u64 >= subscribers,
@@ -282,7 +276,7 @@ fn main() {
             Target {
                 addr,
                 path: "/sse".into(),
-                auths: Vec::new(),
+                auth: None,
             },
             the_load,
             || counted.receiver_count() as u64 >= subscribers,

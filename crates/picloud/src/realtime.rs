@@ -24,18 +24,6 @@ use uuid::Uuid;
 /// Messages one subscriber may have waiting before it is disconnected.
 pub const SUBSCRIBER_BUFFER: usize = 256;
 
-/// Bytes of messages one subscriber may have waiting before it is
-/// disconnected (one message alone may be larger).
-pub const SUBSCRIBER_BUFFER_BYTES: usize = 8 << 20;
-
-/// Streams one token may hold open at once in this process: a token handed to
-/// a browser must not be able to take every connection slot.
-pub const MAX_STREAMS_PER_TOKEN: usize = 16;
-
-/// A subscription refused because its token holds [`MAX_STREAMS_PER_TOKEN`] streams.
-#[derive(Debug)]
-pub struct TooManyStreams;
-
 /// One message as subscribers receive it.
 #[derive(Debug)]
 pub struct RealtimeMessage {
@@ -52,8 +40,6 @@ struct Subscriber {
     app: Uuid,
     topics: Arc<[String]>,
     sender: mpsc::Sender<Arc<RealtimeMessage>>,
-    /// Bytes of `data` sent and not yet received.
-    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Subscribers by app and topic.
@@ -71,26 +57,12 @@ struct HubInner {
     metrics: Metrics,
     /// Whether the listener is connected and listening now.
     listening: std::sync::atomic::AtomicBool,
-    /// Open streams by token (its SHA-256).
-    per_token: Mutex<HashMap<[u8; 32], usize>>,
 }
 
-/// A subscription: messages arrive from [`Subscription::recv`]; dropping it unsubscribes.
+/// A subscription: messages arrive on `messages`; dropping it unsubscribes.
 pub struct Subscription {
-    messages: mpsc::Receiver<Arc<RealtimeMessage>>,
-    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    pub messages: mpsc::Receiver<Arc<RealtimeMessage>>,
     _registration: Registration,
-}
-
-impl Subscription {
-    /// The next message; `None` once the hub dropped this subscriber (too
-    /// slow, or shutting down) and what was buffered has been read.
-    pub async fn recv(&mut self) -> Option<Arc<RealtimeMessage>> {
-        let message = self.messages.recv().await?;
-        self.queued_bytes
-            .fetch_sub(message.data.len(), Ordering::Relaxed);
-        Some(message)
-    }
 }
 
 /// Removes its subscriber from the hub when dropped. It holds no sender: the
@@ -101,25 +73,10 @@ struct Registration {
     id: u64,
     app: Uuid,
     topics: Arc<[String]>,
-    token: [u8; 32],
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        {
-            let mut per_token = self
-                .hub
-                .inner
-                .per_token
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(count) = per_token.get_mut(&self.token) {
-                *count -= 1;
-                if *count == 0 {
-                    per_token.remove(&self.token);
-                }
-            }
-        }
         let mut by_topic = self.hub.lock();
         if self
             .hub
@@ -139,7 +96,6 @@ impl Hub {
                 next_id: AtomicU64::new(0),
                 metrics,
                 listening: std::sync::atomic::AtomicBool::new(false),
-                per_token: Mutex::default(),
             }),
         }
     }
@@ -171,40 +127,18 @@ impl Hub {
             .sub(subscribers.len() as i64);
     }
 
-    /// Subscribes to `topics` of `app` (a topic named twice counts once) for
-    /// the holder of `token`, unless it holds [`MAX_STREAMS_PER_TOKEN`] streams.
-    pub fn subscribe(
-        &self,
-        app: Uuid,
-        mut topics: Vec<String>,
-        token: &str,
-    ) -> Result<Subscription, TooManyStreams> {
-        use sha2::{Digest, Sha256};
-        let token: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        {
-            let mut per_token = self
-                .inner
-                .per_token
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let count = per_token.entry(token).or_insert(0);
-            if *count >= MAX_STREAMS_PER_TOKEN {
-                return Err(TooManyStreams);
-            }
-            *count += 1;
-        }
+    /// Subscribes to `topics` of `app` (a topic named twice counts once).
+    pub fn subscribe(&self, app: Uuid, mut topics: Vec<String>) -> Subscription {
         topics.sort_unstable();
         topics.dedup();
         let (sender, messages) = mpsc::channel(SUBSCRIBER_BUFFER);
         let topics: Arc<[String]> = topics.into();
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let queued_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let subscriber = Arc::new(Subscriber {
             id,
             app,
             topics: topics.clone(),
             sender,
-            queued_bytes: queued_bytes.clone(),
         });
         let mut by_topic = self.lock();
         for topic in subscriber.topics.iter() {
@@ -215,17 +149,15 @@ impl Hub {
         }
         drop(by_topic);
         self.inner.metrics.realtime_subscribers.inc();
-        Ok(Subscription {
+        Subscription {
             messages,
-            queued_bytes,
             _registration: Registration {
                 hub: self.clone(),
                 id,
                 app,
                 topics,
-                token,
             },
-        })
+        }
     }
 
     /// Removes subscriber `id` of `app` from each of its `topics`; whether it
@@ -256,20 +188,9 @@ impl Hub {
         };
         let mut delivered = 0u64;
         let mut gone = Vec::new();
-        let size = message.data.len();
         for subscriber in subscribers {
-            let queued = subscriber.queued_bytes.load(Ordering::Relaxed);
-            if queued > 0 && queued + size > SUBSCRIBER_BUFFER_BYTES {
-                // Behind by too many bytes: as slow as a full buffer.
-                self.inner.metrics.realtime_slow_disconnects.inc();
-                gone.push(subscriber.clone());
-                continue;
-            }
             match subscriber.sender.try_send(message.clone()) {
-                Ok(()) => {
-                    subscriber.queued_bytes.fetch_add(size, Ordering::Relaxed);
-                    delivered += 1;
-                }
+                Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     self.inner.metrics.realtime_slow_disconnects.inc();
                     gone.push(subscriber.clone());
@@ -413,71 +334,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_token_holds_at_most_its_share_of_streams() {
-        let hub = Hub::new(Metrics::new());
-        let app = Uuid::new_v4();
-        let held: Vec<Subscription> = (0..MAX_STREAMS_PER_TOKEN)
-            .map(|_| hub.subscribe(app, vec!["t".into()], "one").unwrap())
-            .collect();
-        assert!(hub.subscribe(app, vec!["t".into()], "one").is_err());
-        // Another token is not affected, and a closed stream frees its place.
-        assert!(hub.subscribe(app, vec!["t".into()], "two").is_ok());
-        drop(held);
-        assert!(hub.subscribe(app, vec!["t".into()], "one").is_ok());
-    }
-
-    #[tokio::test]
-    async fn a_subscriber_behind_by_too_many_bytes_is_disconnected() {
-        let metrics = Metrics::new();
-        let hub = Hub::new(metrics.clone());
-        let app = Uuid::new_v4();
-        let mut reader = hub.subscribe(app, vec!["t".into()], "token").unwrap();
-        let mut stalled = hub.subscribe(app, vec!["t".into()], "token").unwrap();
-        let big = |n: usize| RealtimeMessage {
-            id: n.to_string(),
-            topic: "t".into(),
-            data: "x".repeat(1 << 20),
-        };
-        // Far fewer messages than the buffer holds, but 1 MiB each.
-        let count = SUBSCRIBER_BUFFER_BYTES / (1 << 20) + 2;
-        for n in 0..count {
-            hub.deliver(app, big(n));
-            assert_eq!(reader.recv().await.unwrap().id, n.to_string());
-        }
-        assert_eq!(metrics.realtime_slow_disconnects.get(), 1);
-        let mut buffered = 0;
-        while stalled.recv().await.is_some() {
-            buffered += 1;
-        }
-        assert_eq!(buffered, SUBSCRIBER_BUFFER_BYTES / (1 << 20));
-    }
-
     #[tokio::test]
     async fn a_subscriber_that_does_not_keep_up_is_disconnected_and_others_are_not() {
         let metrics = Metrics::new();
         let hub = Hub::new(metrics.clone());
         let app = Uuid::new_v4();
-        let mut reader = hub.subscribe(app, vec!["t".into()], "token").unwrap();
-        let stalled = hub
-            .subscribe(app, vec!["t".into(), "u".into()], "token")
-            .unwrap();
-        let mut other_topic = hub.subscribe(app, vec!["u".into()], "token").unwrap();
+        let mut reader = hub.subscribe(app, vec!["t".into()]);
+        let stalled = hub.subscribe(app, vec!["t".into(), "u".into()]);
+        let mut other_topic = hub.subscribe(app, vec!["u".into()]);
         assert_eq!(metrics.realtime_subscribers.get(), 3);
         for n in 0..SUBSCRIBER_BUFFER * 2 {
             hub.deliver(app, message("t", n));
-            assert_eq!(reader.recv().await.unwrap().id, n.to_string());
+            assert_eq!(reader.messages.recv().await.unwrap().id, n.to_string());
         }
         assert_eq!(metrics.realtime_slow_disconnects.get(), 1);
         assert_eq!(metrics.realtime_subscribers.get(), 2);
         // Gone from its other topic too; that topic's subscribers still get theirs.
         hub.deliver(app, message("u", 0));
-        assert_eq!(other_topic.recv().await.unwrap().topic, "u");
+        assert_eq!(other_topic.messages.recv().await.unwrap().topic, "u");
         let mut stalled = stalled;
         let mut buffered = 0;
         // Its stream ends (a hang here: the hub's removal left a sender alive).
         tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            while stalled.recv().await.is_some() {
+            while stalled.messages.recv().await.is_some() {
                 buffered += 1;
             }
         })
@@ -491,17 +370,13 @@ mod tests {
         drop(reader);
         assert_eq!(metrics.realtime_subscribers.get(), 1);
         // At shutdown every stream ends.
-        let mut open = hub
-            .subscribe(app, vec!["v".into(), "v".into()], "token")
-            .unwrap();
+        let mut open = hub.subscribe(app, vec!["v".into(), "v".into()]);
         hub.close_all();
-        assert!(open.recv().await.is_none());
-        assert!(other_topic.recv().await.is_none());
+        assert!(open.messages.recv().await.is_none());
+        assert!(other_topic.messages.recv().await.is_none());
         assert_eq!(metrics.realtime_subscribers.get(), 0);
         // Another app's subscribers never see this app's messages.
-        let mut elsewhere = hub
-            .subscribe(Uuid::new_v4(), vec!["u".into()], "token")
-            .unwrap();
+        let mut elsewhere = hub.subscribe(Uuid::new_v4(), vec!["u".into()]);
         hub.deliver(app, message("u", 1));
         assert!(elsewhere.messages.try_recv().is_err());
     }
