@@ -163,13 +163,14 @@ impl AuthCache {
     }
 }
 
-/// The bearer token of a request: `Ok(None)` without an Authorization header.
-pub fn bearer_token(parts: &Parts) -> Result<Option<&str>, ApiError> {
-    let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+/// The bearer token of a request (an API key, or a realtime subscriber
+/// token): `Ok(None)` without an Authorization header.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Ok(None);
     };
     let malformed = ApiError::Unauthorized(
-        "malformed Authorization header: expected `Authorization: Bearer pk_...`",
+        "malformed Authorization header: expected `Authorization: Bearer <token>`",
     );
     let text = value.to_str().map_err(|_| malformed)?;
     let mut words = text.split_ascii_whitespace();
@@ -178,14 +179,14 @@ pub fn bearer_token(parts: &Parts) -> Result<Option<&str>, ApiError> {
             Ok(Some(token))
         }
         _ => Err(ApiError::Unauthorized(
-            "malformed Authorization header: expected `Authorization: Bearer pk_...`",
+            "malformed Authorization header: expected `Authorization: Bearer <token>`",
         )),
     }
 }
 
 /// Authenticates the request's bearer key: 401 when absent, malformed or unknown.
 pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
-    let token = bearer_token(parts)?.ok_or(ApiError::Unauthorized(
+    let token = bearer_token(&parts.headers)?.ok_or(ApiError::Unauthorized(
         "missing Authorization header: send `Authorization: Bearer pk_...`",
     ))?;
     if !is_well_formed_key(token) {

@@ -64,11 +64,7 @@ async fn subscribe(
         .filter(|t| !t.is_empty())
         .map(str::to_owned)
         .collect();
-    let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let bearer = crate::http::auth::bearer_token(&headers)?;
     let Some(token) = bearer.or(query.token.as_deref()) else {
         return Err(ApiError::Unauthorized(
             "a subscriber token is required (Authorization: Bearer, or the token parameter)",
