@@ -422,7 +422,9 @@ impl picloud_shared::realtime::RealtimeService for MemoryRealtime {
         topics: Vec<String>,
         ttl_secs: u64,
     ) -> Result<picloud_shared::realtime::IssuedToken, ServiceError> {
-        use picloud_shared::realtime::{sign, validate_topics, TokenClaims, MAX_TOKEN_TTL_SECS};
+        use picloud_shared::realtime::{
+            new_token_id, sign, validate_topics, TokenClaims, MAX_TOKEN_TTL_SECS,
+        };
         validate_topics(&topics)?;
         if !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl_secs) {
             return Err(ServiceError::InvalidArgument(format!(
@@ -434,6 +436,7 @@ impl picloud_shared::realtime::RealtimeService for MemoryRealtime {
             app_id: ctx.app_id.0,
             topics,
             exp: expires_at.timestamp(),
+            jti: new_token_id(),
         };
         Ok(picloud_shared::realtime::IssuedToken {
             token: sign(&claims, &Self::KEY),

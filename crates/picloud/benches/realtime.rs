@@ -97,11 +97,12 @@ struct Load {
     secs: u64,
 }
 
-/// Where subscribers connect: address, path, `Authorization` value.
+/// Where subscribers connect: address, path, and each one's `Authorization`
+/// value (a token holds at most 16 streams; none for the bare broadcast).
 struct Target {
     addr: std::net::SocketAddr,
     path: String,
-    auth: Option<String>,
+    auths: Vec<String>,
 }
 
 /// Opens the load's SSE connections to `target`, waits for `ready`,
@@ -116,12 +117,12 @@ where
         rate,
         secs,
     } = load;
-    let Target { addr, path, auth } = target;
+    let Target { addr, path, auths } = target;
     let messages = rate * secs;
     let mut clients = Vec::new();
-    for _ in 0..subscribers {
+    for client in 0..subscribers {
         let path = path.clone();
-        let auth = auth.clone();
+        let auth = auths.get(client as usize).cloned();
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         let head = format!(
             "GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n{}\r\n",
@@ -216,14 +217,23 @@ fn main() {
         let keyring = Arc::new(Keyring::new(MasterKey::generate(), Vec::new()));
         let state = build_state(pool.clone(), picloud::config::AppConfig::default(), keyring)
             .expect("state");
-        tokio::spawn(realtime::listen(pool.clone(), state.hub.clone()));
+        tokio::spawn(realtime::listen(
+            pool.clone(),
+            state.hub.clone(),
+            state.realtime.clone(),
+        ));
         let app = state.apps.create("bench").await.expect("app").id;
-        let token = state
-            .realtime
-            .mint(app, vec!["load".into()], 3600)
-            .await
-            .expect("token")
-            .token;
+        // A token per subscriber, as each browser would have its own.
+        let mut auths = Vec::new();
+        for _ in 0..subscribers {
+            let token = state
+                .realtime
+                .mint(app, vec!["load".into()], 3600)
+                .await
+                .expect("token")
+                .token;
+            auths.push(format!("Bearer {token}"));
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(serve(
@@ -242,7 +252,7 @@ fn main() {
             Target {
                 addr,
                 path: format!("/api/v1/apps/{}/realtime?topics=load", app.0),
-                auth: Some(format!("Bearer {token}")),
+                auths,
             },
             the_load,
             || metrics.realtime_subscribers.get() as u64 >= subscribers,
@@ -276,7 +286,7 @@ fn main() {
             Target {
                 addr,
                 path: "/sse".into(),
-                auth: None,
+                auths: Vec::new(),
             },
             the_load,
             || counted.receiver_count() as u64 >= subscribers,

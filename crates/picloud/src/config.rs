@@ -64,6 +64,8 @@ pub struct AppConfig {
     /// How long tokens signed by a rotated-out realtime key keep verifying
     /// (`PICLOUD_REALTIME_KEY_GRACE_SECS`).
     pub realtime_key_grace_secs: u64,
+    /// Event streams this process keeps open: derived from `PICLOUD_MAX_CONNECTIONS`.
+    pub realtime_streams: crate::realtime::StreamLimits,
 }
 
 impl Default for AppConfig {
@@ -88,6 +90,7 @@ impl Default for AppConfig {
             inbound_max_bytes: 10 * 1024 * 1024,
             inbound_rate_per_min: 600,
             realtime_key_grace_secs: picloud_shared::realtime::DEFAULT_KEY_GRACE_SECS,
+            realtime_streams: crate::realtime::StreamLimits::default(),
         }
     }
 }
@@ -285,6 +288,7 @@ impl Config {
             poll_interval: Duration::from_millis(parse_num("PICLOUD_DISPATCH_POLL_MS", 500, 10)?),
             shutdown_grace,
         };
+        let max_connections = parse_num("PICLOUD_MAX_CONNECTIONS", default_max_connections(), 1)?;
         Ok(Self {
             listen,
             public_url: public_url.clone(),
@@ -297,11 +301,7 @@ impl Config {
             shutdown_grace,
             dispatch,
             connections: crate::connections::ConnectionLimits {
-                max_connections: parse_num(
-                    "PICLOUD_MAX_CONNECTIONS",
-                    default_max_connections(),
-                    1,
-                )?,
+                max_connections,
                 idle_timeout: Duration::from_secs(parse_num(
                     "PICLOUD_HTTP_IDLE_TIMEOUT_SECS",
                     10,
@@ -378,6 +378,7 @@ impl Config {
                     app_defaults.realtime_key_grace_secs,
                     0,
                 )?,
+                realtime_streams: crate::realtime::StreamLimits::under(max_connections),
             },
         })
     }

@@ -70,6 +70,7 @@ pub async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     tokio::spawn(crate::realtime::listen(
         database.pool.clone(),
         state.hub.clone(),
+        state.realtime.clone(),
     ));
     tokio::spawn(crate::realtime::seal_plaintext_keys(state.realtime.clone()));
     let dispatcher = dispatcher::start(&state, config.dispatch);

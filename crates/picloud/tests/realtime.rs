@@ -26,12 +26,26 @@ async fn server(
     pool: &PgPool,
     keyring: std::sync::Arc<picloud_shared::crypto::Keyring>,
 ) -> (Router, AppState) {
+    server_with(pool, keyring, |_| {}).await
+}
+
+/// [`server`] with its configuration adjusted by `adjust`.
+async fn server_with(
+    pool: &PgPool,
+    keyring: std::sync::Arc<picloud_shared::crypto::Keyring>,
+    adjust: impl FnOnce(&mut picloud::config::AppConfig),
+) -> (Router, AppState) {
     // Messages of 100 KB (a published message is held to the kv value limit).
     let mut config = test_config();
     config.kv_max_value_bytes = 1 << 20;
     config.limits.max_string_bytes = 1 << 20;
+    adjust(&mut config);
     let state = build_state(pool.clone(), config, keyring).expect("the app builds");
-    tokio::spawn(realtime::listen(pool.clone(), state.hub.clone()));
+    tokio::spawn(realtime::listen(
+        pool.clone(),
+        state.hub.clone(),
+        state.realtime.clone(),
+    ));
     let hub = state.hub.clone();
     eventually("the realtime listener", Duration::from_secs(10), || {
         let listening = hub.listening();
@@ -323,6 +337,176 @@ async fn a_rotated_key_keeps_verifying_for_its_grace_period_only(pool: PgPool) {
     assert!(plaintext.is_none());
 }
 
+async fn rotate(t: &TestApp, app: &str) {
+    let (status, body) = t
+        .admin(
+            Method::POST,
+            &format!("/api/v1/admin/apps/{app}/realtime/rotate-key"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn rotation_ends_the_streams_of_retired_keys_on_every_server(pool: PgPool) {
+    let keyring = test_keyring();
+    let (one, _a) = server(&pool, keyring.clone()).await;
+    let (two, _b) = server(&pool, keyring.clone()).await;
+    let t = TestApp::with_keyring(pool.clone(), test_config(), keyring.clone()).await;
+    let app = app_with_publisher(&t).await;
+    let first = mint(&t, &app, &["orders"], 600).await;
+    let mut first_on_one = subscribe(&one, &app, "orders", Some(&first), false)
+        .await
+        .unwrap();
+    let mut first_on_two = subscribe(&two, &app, "orders", Some(&first), true)
+        .await
+        .unwrap();
+    rotate(&t, &app).await;
+    let second = mint(&t, &app, &["orders"], 600).await;
+    let mut second_on_two = subscribe(&two, &app, "orders", Some(&second), false)
+        .await
+        .unwrap();
+    // Inside the grace (an hour) the first key's streams still receive.
+    publish(&one, &app, "orders", json!({"n": 1})).await;
+    for events in [&mut first_on_one, &mut first_on_two, &mut second_on_two] {
+        assert_eq!(events.next().await.1, r#"{"n":1}"#);
+    }
+    // Rotated again: the first key verifies nothing now, its streams end on
+    // both servers; the second key's (the previous one now) live on.
+    rotate(&t, &app).await;
+    assert_eq!(first_on_one.count_until_end().await, 0);
+    assert_eq!(first_on_two.count_until_end().await, 0);
+    let third = mint(&t, &app, &["orders"], 600).await;
+    let mut third_on_one = subscribe(&one, &app, "orders", Some(&third), false)
+        .await
+        .unwrap();
+    publish(&one, &app, "orders", json!({"n": 2})).await;
+    assert_eq!(second_on_two.next().await.1, r#"{"n":2}"#);
+    assert_eq!(third_on_one.next().await.1, r#"{"n":2}"#);
+    // A server whose rotations give one second of grace: the third key's
+    // stream ends when that second is over, the second key's at once.
+    let mut config = test_config();
+    config.realtime_key_grace_secs = 1;
+    let short_grace = TestApp::with_keyring(pool.clone(), config, keyring).await;
+    rotate(&short_grace, &app).await;
+    assert_eq!(second_on_two.count_until_end().await, 0);
+    assert_eq!(third_on_one.count_until_end().await, 0);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_token_an_app_and_a_server_hold_only_their_share_of_streams(pool: PgPool) {
+    let keyring = test_keyring();
+    let (router, _state) = server_with(&pool, keyring.clone(), |config| {
+        config.realtime_streams = realtime::StreamLimits {
+            per_token: 2,
+            per_app: 3,
+            total: 4,
+        };
+    })
+    .await;
+    let t = TestApp::with_keyring(pool.clone(), test_config(), keyring).await;
+    let app = app_with_publisher(&t).await;
+    let other = t.create_app("other").await;
+    // Minted in the same second for the same topics, yet two tokens.
+    let first = mint(&t, &app, &["orders"], 600).await;
+    let second = mint(&t, &app, &["orders"], 600).await;
+    assert_ne!(first, second);
+    let refused = |r: Result<Events, (StatusCode, Value)>| match r {
+        Ok(_) => panic!("subscribed past a limit"),
+        Err(refusal) => refusal,
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            subscribe(&router, &app, "orders", Some(&first), false)
+                .await
+                .unwrap(),
+        );
+    }
+    let (status, body) = refused(subscribe(&router, &app, "orders", Some(&first), false).await);
+    assert_error(status, &body, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("token"),
+        "{body}"
+    );
+    held.push(
+        subscribe(&router, &app, "orders", Some(&second), false)
+            .await
+            .unwrap(),
+    );
+    let (status, body) = refused(subscribe(&router, &app, "orders", Some(&second), false).await);
+    assert_error(status, &body, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("app"),
+        "{body}"
+    );
+    let elsewhere = mint(&t, &other, &["orders"], 600).await;
+    held.push(
+        subscribe(&router, &other, "orders", Some(&elsewhere), false)
+            .await
+            .unwrap(),
+    );
+    let (status, body) =
+        refused(subscribe(&router, &other, "orders", Some(&elsewhere), false).await);
+    assert_error(status, &body, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("server"),
+        "{body}"
+    );
+    // A closed stream gives its place back.
+    held.remove(0);
+    assert!(subscribe(&router, &app, "orders", Some(&first), false)
+        .await
+        .is_ok());
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_plaintext_key_too_short_to_sign_with_is_replaced_at_start(pool: PgPool) {
+    let keyring = test_keyring();
+    let t = TestApp::with_keyring(pool.clone(), test_config(), keyring.clone()).await;
+    let app = t.create_app("weak").await;
+    let weak = [5u8; 8];
+    sqlx::query("INSERT INTO app_secrets (app_id, realtime_key) VALUES ($1::uuid, $2)")
+        .bind(&app)
+        .bind(weak.to_vec())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let token = picloud_shared::realtime::sign(
+        &picloud_shared::realtime::TokenClaims {
+            app_id: uuid::Uuid::parse_str(&app).unwrap(),
+            topics: vec!["orders".into()],
+            exp: chrono::Utc::now().timestamp() + 600,
+            jti: String::new(),
+        },
+        &weak,
+    );
+    let (router, state) = server(&pool, keyring).await;
+    // Never signed with, never verified with.
+    let Err((status, body)) = subscribe(&router, &app, "orders", Some(&token), false).await else {
+        panic!("a token of an 8-byte key subscribed");
+    };
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    realtime::seal_plaintext_keys(state.realtime.clone()).await;
+    let Err((status, body)) = subscribe(&router, &app, "orders", Some(&token), false).await else {
+        panic!("a token of the replaced key subscribed");
+    };
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    let fresh = mint(&t, &app, &["orders"], 600).await;
+    assert!(subscribe(&router, &app, "orders", Some(&fresh), false)
+        .await
+        .is_ok());
+}
+
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn an_older_installs_plaintext_key_is_sealed_at_start_and_its_tokens_still_verify(
     pool: PgPool,
@@ -343,6 +527,8 @@ async fn an_older_installs_plaintext_key_is_sealed_at_start_and_its_tokens_still
             app_id,
             topics: vec!["orders".into()],
             exp: chrono::Utc::now().timestamp() + 600,
+            // A token of the first format, without an id.
+            jti: String::new(),
         },
         &key,
     );

@@ -1,7 +1,8 @@
 //! Realtime (SPEC §9): subscriber tokens and the app signing key's stored forms.
 //!
 //! A token is `rt1.<claims>.<mac>`: `claims` the base64url (no padding) of the
-//! JSON `{app_id, topics, exp}`, `mac` the base64url of HMAC-SHA256 under the
+//! JSON `{app_id, topics, exp, jti}` (`jti` a random id, so that no two minted
+//! tokens are alike and a limit per token is one holder's), `mac` the base64url of HMAC-SHA256 under the
 //! app's realtime signing key over `rt1.<claims>`. Checking compares the MAC
 //! with `hmac`'s constant-time check over its full length.
 
@@ -67,6 +68,9 @@ pub struct TokenClaims {
     pub topics: Vec<String>,
     /// Expiry, Unix seconds.
     pub exp: i64,
+    /// A random id (tokens minted before it was added have none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub jti: String,
 }
 
 impl TokenClaims {
@@ -121,6 +125,56 @@ pub fn validate_subscription(topics: &[String]) -> Result<(), ServiceError> {
     topics.iter().try_for_each(|t| validate_topic(t))
 }
 
+/// A fresh random token id (128 bits, base64url).
+pub fn new_token_id() -> String {
+    let mut id = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+    B64.encode(id)
+}
+
+/// Identifies a signing key without revealing it (a keyed hash of a fixed
+/// string): which key verified a stream's token, so that rotation can end it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyFingerprint(pub [u8; 16]);
+
+impl KeyFingerprint {
+    /// The fingerprint of `key`.
+    pub fn of(key: &[u8]) -> Self {
+        let mut mac = keyed(key);
+        mac.update(b"picloud realtime key fingerprint");
+        let digest = mac.finalize().into_bytes();
+        let mut fingerprint = [0u8; 16];
+        fingerprint.copy_from_slice(&digest[..16]);
+        Self(fingerprint)
+    }
+}
+
+/// Which of an app's keys verify tokens now: the current one, and the
+/// previous one until its grace period ends (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KeyState {
+    pub current: Option<KeyFingerprint>,
+    pub previous: Option<(KeyFingerprint, i64)>,
+}
+
+impl KeyState {
+    /// Until when (Unix seconds) a stream whose token expires at `exp` and
+    /// was verified by the key `verified_by` may stay open: its expiry, or
+    /// sooner when that key is the previous one; `None` when that key no
+    /// longer verifies anything (rotated out twice, or its grace is over).
+    pub fn open_until(&self, verified_by: KeyFingerprint, exp: i64, now: i64) -> Option<i64> {
+        if self.current == Some(verified_by) {
+            return Some(exp);
+        }
+        match self.previous {
+            Some((previous, until)) if previous == verified_by && until > now => {
+                Some(exp.min(until))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Signs `claims` with `key`.
 pub fn sign(claims: &TokenClaims, key: &[u8]) -> String {
     // Serialising a struct of strings and numbers cannot fail.
@@ -139,26 +193,29 @@ pub fn unverified_claims(token: &str) -> Result<TokenClaims, TokenError> {
 }
 
 /// Verifies `token` against any of `keys` (the app's current key, and its
-/// previous one inside the grace period) and its expiry at `now` (Unix seconds).
-pub fn verify(token: &str, keys: &[&[u8]], now: i64) -> Result<TokenClaims, TokenError> {
+/// previous one inside the grace period) and its expiry at `now` (Unix
+/// seconds): its claims, and the index in `keys` of the key that signed it.
+pub fn verify(token: &str, keys: &[&[u8]], now: i64) -> Result<(TokenClaims, usize), TokenError> {
     let (claims_part, mac_part) = split(token)?;
     let mac = B64.decode(mac_part).map_err(|_| TokenError::Malformed)?;
     let signed = &token[..PREFIX.len() + claims_part.len()];
     // Every key is tried, matched or not, so timing says nothing about which matched.
-    let mut matched = false;
-    for key in keys {
+    let mut matched = None;
+    for (index, key) in keys.iter().enumerate() {
         let mut expected = keyed(key);
         expected.update(signed.as_bytes());
-        matched |= expected.verify_slice(&mac).is_ok();
+        if expected.verify_slice(&mac).is_ok() {
+            matched = Some(index);
+        }
     }
-    if !matched {
+    let Some(index) = matched else {
         return Err(TokenError::Forged);
-    }
+    };
     let claims = unverified_claims(token)?;
     if claims.exp <= now {
         return Err(TokenError::Expired);
     }
-    Ok(claims)
+    Ok((claims, index))
 }
 
 /// Checks verified `claims` against a subscription to `topics` of `app`.
@@ -196,6 +253,10 @@ pub enum StoredKeyError {
     /// The sealed form does not open with the configured keys.
     #[error("the app's realtime signing key does not open with the configured keys")]
     Unopenable,
+    /// A plaintext key of an older install is shorter than [`SIGNING_KEY_BYTES`]
+    /// (too weak to sign with; the start-up sealing replaces it).
+    #[error("the app's plaintext realtime signing key is too short to use")]
+    TooShort,
 }
 
 /// An app's signing key as a row of `app_secrets` holds it: sealed, and (rows
@@ -207,7 +268,8 @@ pub struct StoredSigningKey<'a> {
 
 /// The signing key a stored row stands for: the sealed form when there is
 /// one (it wins: a plaintext copy beside it is a leftover of the start-up
-/// sealing), else the plaintext, else none (not created yet).
+/// sealing), else the plaintext when it is long enough, else none (not
+/// created yet).
 pub fn decode_signing_key(
     stored: StoredSigningKey<'_>,
     keyring: &Keyring,
@@ -218,6 +280,7 @@ pub fn decode_signing_key(
             .open(&sealed, &Aad::Realtime { app_id: app })
             .map(Some)
             .map_err(|_| StoredKeyError::Unopenable),
+        (None, Some(plain)) if plain.len() < SIGNING_KEY_BYTES => Err(StoredKeyError::TooShort),
         (None, Some(plain)) => Ok(Some(Zeroizing::new(plain.to_vec()))),
         (None, None) => Ok(None),
     }
@@ -233,6 +296,7 @@ mod tests {
             app_id: app,
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             exp,
+            jti: new_token_id(),
         }
     }
 
@@ -241,12 +305,54 @@ mod tests {
         let app = uuid::Uuid::new_v4();
         let key = [7u8; 32];
         let token = sign(&claims(app, &["orders", "chat.*"], 1_000), &key);
-        let verified = verify(&token, &[&key], 999).unwrap();
+        let (verified, index) = verify(&token, &[&key], 999).unwrap();
         assert_eq!(verified.topics, ["orders", "chat.*"]);
+        assert_eq!(index, 0);
         assert_eq!(verify(&token, &[&key], 1_000), Err(TokenError::Expired));
         assert_eq!(verify(&token, &[&[8u8; 32]], 0), Err(TokenError::Forged));
         // The previous key, inside its grace period, is tried too.
-        assert!(verify(&token, &[&[8u8; 32], &key], 0).is_ok());
+        assert_eq!(verify(&token, &[&[8u8; 32], &key], 0).unwrap().1, 1);
+    }
+
+    #[test]
+    fn tokens_minted_alike_differ_and_tokens_without_an_id_still_verify() {
+        let app = uuid::Uuid::new_v4();
+        let key = [7u8; 32];
+        let one = sign(&claims(app, &["orders"], 1_000), &key);
+        let two = sign(&claims(app, &["orders"], 1_000), &key);
+        assert_ne!(one, two, "same app, topics and second: still two tokens");
+        // A token of the first format (no jti) verifies, and its claims have none.
+        let legacy = TokenClaims {
+            jti: String::new(),
+            ..claims(app, &["orders"], 1_000)
+        };
+        let token = sign(&legacy, &key);
+        let json = B64
+            .decode(token.split('.').nth(1).unwrap())
+            .map(|j| String::from_utf8(j).unwrap())
+            .unwrap();
+        assert!(!json.contains("jti"), "{json}");
+        assert_eq!(verify(&token, &[&key], 0).unwrap().0.jti, "");
+    }
+
+    #[test]
+    fn a_stream_stays_open_while_the_key_that_verified_it_does() {
+        let current = KeyFingerprint::of(&[1u8; 32]);
+        let previous = KeyFingerprint::of(&[2u8; 32]);
+        let older = KeyFingerprint::of(&[3u8; 32]);
+        assert_ne!(current, previous);
+        let state = KeyState {
+            current: Some(current),
+            previous: Some((previous, 500)),
+        };
+        assert_eq!(state.open_until(current, 1_000, 100), Some(1_000));
+        // The previous key: until its grace ends, or the token's exp if sooner.
+        assert_eq!(state.open_until(previous, 1_000, 100), Some(500));
+        assert_eq!(state.open_until(previous, 300, 100), Some(300));
+        // After the grace, or a key rotated out twice: not at all.
+        assert_eq!(state.open_until(previous, 1_000, 500), None);
+        assert_eq!(state.open_until(older, 1_000, 100), None);
+        assert_eq!(KeyState::default().open_until(current, 1_000, 100), None);
     }
 
     #[test]
@@ -330,6 +436,11 @@ mod tests {
         assert_eq!(decode(None, None), Ok(None));
         // Plaintext only (an older install's row): used as it is.
         assert_eq!(decode(Some(&plain_key), None), Ok(Some(plain_key.to_vec())));
+        // ... unless too short to be a key worth signing with.
+        assert_eq!(
+            decode(Some(&[2u8; 16]), None),
+            Err(StoredKeyError::TooShort)
+        );
         // Sealed only.
         assert_eq!(decode(None, Some(sealed())), Ok(Some(sealed_key.to_vec())));
         // Both: the sealed form wins.

@@ -24,6 +24,8 @@ pub struct SigningKeyRow {
     pub sealed: Option<StoredSeal>,
     /// The previous key, while its grace period lasts.
     pub previous: Option<StoredSeal>,
+    /// When the previous key's grace period ends (Unix seconds).
+    pub previous_until: Option<i64>,
 }
 
 fn seal_of(row: &sqlx::postgres::PgRow, prefix: &str) -> Result<Option<StoredSeal>, sqlx::Error> {
@@ -49,7 +51,9 @@ pub async fn signing_key(
         "SELECT realtime_key, realtime_key_id, realtime_nonce, realtime_ciphertext, \
              CASE WHEN previous_until > now() THEN previous_key_id END AS previous_key_id, \
              CASE WHEN previous_until > now() THEN previous_nonce END AS previous_nonce, \
-             CASE WHEN previous_until > now() THEN previous_ciphertext END AS previous_ciphertext \
+             CASE WHEN previous_until > now() THEN previous_ciphertext END AS previous_ciphertext, \
+             CASE WHEN previous_until > now() \
+                 THEN floor(extract(epoch FROM previous_until))::int8 END AS previous_until \
          FROM app_secrets WHERE app_id = $1",
     )
     .bind(app)
@@ -60,6 +64,7 @@ pub async fn signing_key(
             plaintext: row.try_get("realtime_key")?,
             sealed: seal_of(&row, "realtime")?,
             previous: seal_of(&row, "previous")?,
+            previous_until: row.try_get("previous_until")?,
         })
     })
     .transpose()
@@ -161,6 +166,20 @@ pub async fn notify(db: impl sqlx::PgExecutor<'_>, payload: &str) -> Result<(), 
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
         .bind(payload)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Tells every process that `app`'s signing keys changed (they re-read
+/// them, and end streams whose key no longer verifies).
+pub async fn notify_keys_changed(
+    db: impl sqlx::PgExecutor<'_>,
+    app: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, json_build_object('k', 'keys', 'a', $2)::text)")
+        .bind(CHANNEL)
+        .bind(app)
         .execute(db)
         .await?;
     Ok(())

@@ -9,9 +9,10 @@ use picloud_shared::{
     crypto::{Aad, Keyring, Sealed},
     ids::AppId,
     realtime::{
-        authorize, decode_signing_key, sign, unverified_claims, validate_subscription,
-        validate_topics, verify, IssuedToken, RealtimeService, StoredSigningKey, TokenClaims,
-        TokenError, MAX_TOKEN_TTL_SECS, SIGNING_KEY_BYTES,
+        authorize, decode_signing_key, new_token_id, sign, unverified_claims,
+        validate_subscription, validate_topics, verify, IssuedToken, KeyFingerprint, KeyState,
+        RealtimeService, StoredKeyError, StoredSigningKey, TokenClaims, TokenError,
+        MAX_TOKEN_TTL_SECS, SIGNING_KEY_BYTES,
     },
     triggers::CallContext,
     ServiceError,
@@ -43,6 +44,37 @@ pub enum SubscribeRefusal {
     Manager(#[from] ManagerError),
 }
 
+/// A subscriber's verified token: what it grants, which key verified it, and
+/// until when its stream may stay open.
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    pub claims: TokenClaims,
+    /// The key that verified the token (rotation ends streams it no longer covers).
+    pub key: KeyFingerprint,
+    /// The token's expiry, or the end of the previous key's grace if sooner (Unix seconds).
+    pub open_until: i64,
+}
+
+/// An app's keys that verify tokens now: the current one first, then the
+/// previous one (and the end of its grace, Unix seconds) while it lasts.
+struct AppKeys {
+    keys: Vec<Zeroizing<Vec<u8>>>,
+    previous_until: Option<i64>,
+}
+
+impl AppKeys {
+    fn state(&self) -> KeyState {
+        KeyState {
+            current: self.keys.first().map(|k| KeyFingerprint::of(k)),
+            previous: self
+                .keys
+                .get(1)
+                .zip(self.previous_until)
+                .map(|(k, until)| (KeyFingerprint::of(k), until)),
+        }
+    }
+}
+
 /// Signing keys, tokens and publishing.
 #[derive(Clone)]
 pub struct RealtimeServiceImpl {
@@ -62,14 +94,9 @@ impl RealtimeServiceImpl {
         }
     }
 
-    /// The app's keys that verify tokens: the current one first, then the
-    /// previous one while its grace period lasts. With `create`, a first key
-    /// is made when the app has none. `NotFound` when there is no such app.
-    async fn keys(
-        &self,
-        app: AppId,
-        create: bool,
-    ) -> Result<Vec<Zeroizing<Vec<u8>>>, ManagerError> {
+    /// The app's keys that verify tokens. With `create`, a first key is made
+    /// when the app has none; `NotFound` when there is no such app.
+    async fn keys(&self, app: AppId, create: bool) -> Result<AppKeys, ManagerError> {
         let mut row = repo::realtime::signing_key(&self.pool, app.0).await?;
         let has_key = row
             .as_ref()
@@ -86,7 +113,10 @@ impl RealtimeServiceImpl {
             if create {
                 return Err(ManagerError::NotFound("app"));
             }
-            return Ok(Vec::new());
+            return Ok(AppKeys {
+                keys: Vec::new(),
+                previous_until: None,
+            });
         };
         let mut keys = Vec::new();
         let current = decode_signing_key(
@@ -111,11 +141,19 @@ impl RealtimeServiceImpl {
             .map_err(|e| self.unreadable(e))?;
             keys.extend(previous);
         }
-        Ok(keys)
+        Ok(AppKeys {
+            previous_until: row.previous_until.filter(|_| keys.len() > 1),
+            keys,
+        })
     }
 
-    fn unreadable(&self, e: impl std::fmt::Display) -> ManagerError {
-        tracing::error!(error = %e, "a realtime signing key does not open with the configured keys");
+    /// Which of `app`'s keys verify tokens now (none when it has no key).
+    pub async fn key_state(&self, app: AppId) -> Result<KeyState, ManagerError> {
+        Ok(self.keys(app, false).await?.state())
+    }
+
+    fn unreadable(&self, e: StoredKeyError) -> ManagerError {
+        tracing::error!(error = %e, "an app's realtime signing key cannot be used");
         ManagerError::Unavailable("the app's realtime signing key cannot be read".into())
     }
 
@@ -143,6 +181,7 @@ impl RealtimeServiceImpl {
         }
         let keys = self.keys(app, true).await?;
         let key = keys
+            .keys
             .first()
             .ok_or_else(|| ManagerError::Unavailable("the app has no signing key".into()))?;
         let expires_at = Utc::now() + Duration::seconds(ttl_secs as i64);
@@ -150,6 +189,7 @@ impl RealtimeServiceImpl {
             app_id: app.0,
             topics,
             exp: expires_at.timestamp(),
+            jti: new_token_id(),
         };
         Ok(IssuedToken {
             token: sign(&claims, key),
@@ -158,10 +198,13 @@ impl RealtimeServiceImpl {
     }
 
     /// Replaces the app's signing key; tokens signed by the one it replaces
-    /// keep verifying for the grace period.
+    /// keep verifying for the grace period, and every process ends the
+    /// streams they opened when it is over (those of a key rotated out
+    /// before it: at once).
     pub async fn rotate(&self, app: AppId) -> Result<(), ManagerError> {
         let keys = self.keys(app, true).await?;
         let current = keys
+            .keys
             .first()
             .ok_or_else(|| ManagerError::Unavailable("the app has no signing key".into()))?;
         let mut next = Zeroizing::new(vec![0u8; SIGNING_KEY_BYTES]);
@@ -175,11 +218,11 @@ impl RealtimeServiceImpl {
             grace,
         )
         .await?;
-        if rotated {
-            Ok(())
-        } else {
-            Err(ManagerError::NotFound("app"))
+        if !rotated {
+            return Err(ManagerError::NotFound("app"));
         }
+        repo::realtime::notify_keys_changed(&self.pool, app.0).await?;
+        Ok(())
     }
 
     /// Checks a subscriber's token for `topics` of `app`: 401 kinds for a
@@ -190,7 +233,7 @@ impl RealtimeServiceImpl {
         app: AppId,
         token: &str,
         topics: &[String],
-    ) -> Result<TokenClaims, SubscribeRefusal> {
+    ) -> Result<Authorized, SubscribeRefusal> {
         validate_subscription(topics).map_err(|e| SubscribeRefusal::BadTopics(e.to_string()))?;
         if repo::apps::get(&self.pool, app)
             .await
@@ -203,11 +246,20 @@ impl RealtimeServiceImpl {
         // Checked with the key of the app it names: a genuine token of
         // another app is a 403, anything else that fails a 401.
         let keys = self.keys(AppId(claimed.app_id), false).await?;
-        let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
-        let claims =
-            verify(token, &keys, Utc::now().timestamp()).map_err(SubscribeRefusal::Token)?;
+        let candidates: Vec<&[u8]> = keys.keys.iter().map(|k| k.as_slice()).collect();
+        let now = Utc::now().timestamp();
+        let (claims, index) = verify(token, &candidates, now).map_err(SubscribeRefusal::Token)?;
         authorize(&claims, app, topics).map_err(SubscribeRefusal::Token)?;
-        Ok(claims)
+        let key = KeyFingerprint::of(candidates[index]);
+        let open_until = keys
+            .state()
+            .open_until(key, claims.exp, now)
+            .ok_or(SubscribeRefusal::Token(TokenError::Expired))?;
+        Ok(Authorized {
+            claims,
+            key,
+            open_until,
+        })
     }
 
     /// Seals every signing key an older install stored in plaintext and
@@ -223,7 +275,14 @@ impl RealtimeServiceImpl {
                 return Ok(sealed_total);
             }
             for (app, key) in rows {
-                let key = Zeroizing::new(key);
+                let mut key = Zeroizing::new(key);
+                if key.len() < SIGNING_KEY_BYTES {
+                    // Too weak to keep signing with: a fresh key instead (its
+                    // tokens stop verifying, which is the point).
+                    tracing::warn!(%app, "a plaintext realtime signing key shorter than 32 bytes was replaced; its tokens no longer verify");
+                    key = Zeroizing::new(vec![0u8; SIGNING_KEY_BYTES]);
+                    rand::rngs::OsRng.fill_bytes(&mut key);
+                }
                 let sealed = self.seal(&key, AppId(app))?;
                 repo::realtime::seal_plaintext(&mut tx, app, &sealed).await?;
                 sealed_total += 1;

@@ -65,6 +65,9 @@ pub enum ApiError {
     /// Over a rate limit: 429 with `Retry-After: retry_after`.
     #[error("too many requests to this URL; retry after {retry_after} seconds")]
     RateLimited { retry_after: u64 },
+    /// Too many open event streams (429 with `Retry-After: 5`); says which limit.
+    #[error("{0}")]
+    TooManyStreams(String),
     #[error("internal error")]
     Internal,
 }
@@ -137,7 +140,9 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
             }
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
-            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
+            ApiError::RateLimited { .. } | ApiError::TooManyStreams(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited)
+            }
         }
     }
 
@@ -180,10 +185,15 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static(RETRY_AFTER_SECS),
             );
         }
-        if let ApiError::RateLimited { retry_after } = self {
+        let retry_after = match self {
+            ApiError::RateLimited { retry_after } => Some(retry_after.max(1)),
+            ApiError::TooManyStreams(_) => Some(5),
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(retry_after.max(1)),
+                axum::http::HeaderValue::from(retry_after),
             );
         }
         response

@@ -256,7 +256,7 @@ pub fn build_state(
         inbound,
         inbound_limiter: inbound::InboundLimiter::new(config.inbound_rate_per_min),
         realtime,
-        hub: crate::realtime::Hub::new(metrics.clone()),
+        hub: crate::realtime::Hub::new(metrics.clone(), config.realtime_streams),
         events,
         executor,
         script_pool,

@@ -8,6 +8,7 @@ use crate::http::{
     extract::ApiPath,
     AppState,
 };
+use crate::realtime::{StreamRefusal, Subscription};
 use axum::{
     extract::{Query, State},
     http::HeaderMap,
@@ -46,7 +47,9 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
         (status = 400, description = "`bad_request`: topics missing or malformed", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no token, or a malformed, forged or expired one", body = ErrorBody),
         (status = 403, description = "`forbidden`: a token of another app, or without a requested topic", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such app", body = ErrorBody)))]
+        (status = 404, description = "`not_found`: no such app", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the token (16), the app (half the connection maximum) or this server (three quarters of it) holds as many streams as it may", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the app's signing keys are being changed, or cannot be read", body = ErrorBody)))]
 async fn subscribe(
     State(st): State<AppState>,
     ApiPath(app_id): ApiPath<Uuid>,
@@ -70,32 +73,53 @@ async fn subscribe(
             "a subscriber token is required (Authorization: Bearer, or the token parameter)",
         ));
     };
-    let claims = st
-        .realtime
-        .authorize(AppId(app_id), token, &topics)
-        .await
-        .map_err(refusal)?;
-    let subscription = st.hub.subscribe(app_id, topics);
-    // The stream ends when the token expires: a client reconnects with a fresh one.
-    let expires_in = Duration::from_secs(
-        u64::try_from(claims.exp - chrono::Utc::now().timestamp()).unwrap_or(0),
-    );
-    let expiry = Box::pin(tokio::time::sleep(expires_in));
-    let events = futures_util::stream::unfold(
-        (subscription, expiry),
-        |(mut subscription, mut expiry)| async move {
-            let message = tokio::select! {
-                message = subscription.messages.recv() => message?,
-                () = &mut expiry => return None,
-            };
-            let event = Event::default()
-                .id(message.id.as_str())
-                .event(message.topic.as_str())
-                .data(message.data.as_str());
-            Some((Ok(event), (subscription, expiry)))
-        },
-    );
+    let subscription = open_stream(&st, app_id, topics, token).await?;
+    // Ends when the token expires (a client reconnects with a fresh one),
+    // when its key is rotated out, or when the subscriber falls behind.
+    let events = futures_util::stream::unfold(subscription, |mut subscription| async move {
+        let message = subscription.recv().await?;
+        let event = Event::default()
+            .id(message.id.as_str())
+            .event(message.topic.as_str())
+            .data(message.data.as_str());
+        Some((Ok(event), subscription))
+    });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// Checks `token` and opens its stream; checked again when the app's keys
+/// changed meanwhile (a rotation must not miss a stream opening beside it).
+async fn open_stream(
+    st: &AppState,
+    app_id: Uuid,
+    topics: Vec<String>,
+    token: &str,
+) -> Result<Subscription, ApiError> {
+    for _ in 0..3 {
+        let key_changes = st.hub.key_changes(app_id);
+        let authorized = st
+            .realtime
+            .authorize(AppId(app_id), token, &topics)
+            .await
+            .map_err(refusal)?;
+        match st
+            .hub
+            .subscribe(app_id, topics.clone(), token, &authorized, key_changes)
+        {
+            Ok(subscription) => return Ok(subscription),
+            Err(StreamRefusal::KeysChanged) => continue,
+            Err(
+                full @ (StreamRefusal::TokenFull
+                | StreamRefusal::AppFull
+                | StreamRefusal::ServerFull),
+            ) => {
+                return Err(ApiError::TooManyStreams(full.to_string()));
+            }
+        }
+    }
+    Err(ApiError::Unavailable(
+        "the app's signing keys are changing; try again".into(),
+    ))
 }
 
 fn refusal(e: SubscribeRefusal) -> ApiError {
