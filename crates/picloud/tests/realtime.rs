@@ -395,6 +395,38 @@ async fn rotation_ends_the_streams_of_retired_keys_on_every_server(pool: PgPool)
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn deleting_an_app_ends_its_streams(pool: PgPool) {
+    let keyring = test_keyring();
+    let (router, _state) = server(&pool, keyring.clone()).await;
+    let t = TestApp::with_keyring(pool.clone(), test_config(), keyring).await;
+    let app = app_with_publisher(&t).await;
+    let other = t.create_app("other").await;
+    t.create_script(
+        &other,
+        "pub",
+        "pubsub::publish(ctx.request.body.topic, ctx.request.body.message); true",
+        true,
+    )
+    .await;
+    let token = mint(&t, &app, &["orders"], 600).await;
+    let other_token = mint(&t, &other, &["orders"], 600).await;
+    let events = subscribe(&router, &app, "orders", Some(&token), false)
+        .await
+        .unwrap();
+    let mut others = subscribe(&router, &other, "orders", Some(&other_token), false)
+        .await
+        .unwrap();
+    let (status, body) = t
+        .admin(Method::DELETE, &format!("/api/v1/admin/apps/{app}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(events.count_until_end().await, 0);
+    // Another app's streams are not touched.
+    publish(&router, &other, "orders", json!("still here")).await;
+    assert_eq!(others.next().await.1, r#""still here""#);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_token_an_app_and_a_server_hold_only_their_share_of_streams(pool: PgPool) {
     let keyring = test_keyring();
     let (router, _state) = server_with(&pool, keyring.clone(), |config| {

@@ -47,10 +47,13 @@ impl AppsService {
 
     /// Deletes an app with its scripts and data.
     pub async fn delete(&self, id: AppId) -> Result<(), ManagerError> {
-        if repo::apps::delete(&self.pool, id).await? {
-            Ok(())
-        } else {
-            Err(ManagerError::NotFound("app"))
+        if !repo::apps::delete(&self.pool, id).await? {
+            return Err(ManagerError::NotFound("app"));
         }
+        // Its realtime keys went with it: every process ends its streams.
+        if let Err(e) = repo::realtime::notify_keys_changed(&self.pool, id.0).await {
+            tracing::warn!(error = %e, "a deleted app's realtime streams could not be ended; they end at their tokens' expiry");
+        }
+        Ok(())
     }
 }
