@@ -573,3 +573,68 @@ async fn an_app_over_its_pending_quota_cannot_make_changes_that_fire_triggers(po
     kv.set(&ctx, "c", "k", json!(4)).await.unwrap();
     assert_eq!(f.outbox().await.len(), 3);
 }
+
+/// Housekeeping deletes old rows in batches and skips rows another session
+/// holds, so two processes' housekeeping at once never wait on (or deadlock
+/// with) each other.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn housekeeping_deletes_old_rows_in_batches_past_rows_another_session_holds(pool: PgPool) {
+    use picloud_manager_core::repo;
+    sqlx::query(
+        "INSERT INTO realtime_messages (app_id, topic, message, created_at) \
+         SELECT gen_random_uuid(), 't', 'm', now() - interval '2 minutes' \
+         FROM generate_series(1, 12001)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO realtime_messages (app_id, topic, message) VALUES (gen_random_uuid(), 't', 'fresh')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Another session holds one old row.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query(
+        "SELECT id FROM realtime_messages WHERE message = 'm' ORDER BY id LIMIT 1 FOR UPDATE",
+    )
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let deleted = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        repo::realtime::forget_old_messages(&pool),
+    )
+    .await
+    .expect("housekeeping does not wait for a held row")
+    .unwrap();
+    assert_eq!(
+        deleted, 12_000,
+        "every old row but the held one, over three batches"
+    );
+    holder.rollback().await.unwrap();
+    assert_eq!(repo::realtime::forget_old_messages(&pool).await.unwrap(), 1);
+    let left: Vec<String> = sqlx::query_scalar("SELECT message FROM realtime_messages")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["fresh"]);
+    // The other tables' housekeeping runs the same statement shape.
+    sqlx::query(
+        "INSERT INTO trigger_chains (chain_id, events, last_event_at) \
+         VALUES (1, 1, now() - interval '2 days'), (2, 1, now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        repo::outbox::forget_chains(&pool, std::time::Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        repo::inbound::forget_old_deliveries(&pool).await.unwrap(),
+        0
+    );
+    assert_eq!(repo::email::forget_old_keys(&pool).await.unwrap(), 0);
+}

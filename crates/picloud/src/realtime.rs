@@ -544,17 +544,19 @@ async fn receive(pool: &PgPool, hub: &Hub, realtime: &RealtimeServiceImpl, paylo
     };
     let data = match (inline, note.r) {
         (Some(message), _) => message.to_owned(),
-        (None, Some(row)) => match repo::realtime::stored_message(pool, row).await {
-            Ok(Some(text)) => text,
-            Ok(None) => {
-                tracing::warn!("a stored realtime message was gone before it was read");
-                return;
+        (None, Some(row)) => {
+            match repo::realtime::stored_message(pool, row, note.a, &topic).await {
+                Ok(Some(text)) => text,
+                Ok(None) => {
+                    tracing::warn!("a stored realtime message was gone before it was read");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading a stored realtime message failed");
+                    return;
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "reading a stored realtime message failed");
-                return;
-            }
-        },
+        }
         (None, None) => {
             tracing::warn!("a realtime notification without a message was ignored");
             return;

@@ -395,6 +395,27 @@ async fn rotation_ends_the_streams_of_retired_keys_on_every_server(pool: PgPool)
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn two_rotations_at_once_retire_two_keys(pool: PgPool) {
+    let keyring = test_keyring();
+    let (router, state) = server(&pool, keyring.clone()).await;
+    let t = TestApp::with_keyring(pool.clone(), test_config(), keyring).await;
+    let app = app_with_publisher(&t).await;
+    let app_id = picloud_shared::ids::AppId(uuid::Uuid::parse_str(&app).unwrap());
+    for _ in 0..5 {
+        let before = mint(&t, &app, &["orders"], 600).await;
+        let (one, two) = tokio::join!(state.realtime.rotate(app_id), state.realtime.rotate(app_id));
+        one.unwrap();
+        two.unwrap();
+        // Both rotations happened: the key before them verifies nothing.
+        let Err((status, body)) = subscribe(&router, &app, "orders", Some(&before), false).await
+        else {
+            panic!("a key rotated out twice still verifies");
+        };
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn deleting_an_app_ends_its_streams(pool: PgPool) {
     let keyring = test_keyring();
     let (router, _state) = server(&pool, keyring.clone()).await;

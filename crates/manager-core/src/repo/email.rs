@@ -189,10 +189,11 @@ pub async fn settle_key(
 }
 
 /// Forgets idempotency keys older than 24 hours.
-pub async fn forget_old_keys(db: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
-    let done =
-        sqlx::query("DELETE FROM email_idempotency WHERE created_at < now() - interval '24 hours'")
-            .execute(db)
-            .await?;
-    Ok(done.rows_affected())
+pub async fn forget_old_keys(pool: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
+    super::delete_unlocked(
+        pool,
+        "email_idempotency",
+        "created_at < now() - interval '24 hours'",
+    )
+    .await
 }

@@ -187,13 +187,13 @@ pub async fn deliver_batch(
 }
 
 /// Forgets deliveries older than 24 hours.
-pub async fn forget_old_deliveries(db: impl sqlx::PgExecutor<'_>) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "DELETE FROM inbound_deliveries WHERE created_at < now() - interval '24 hours'",
+pub async fn forget_old_deliveries(pool: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
+    super::delete_unlocked(
+        pool,
+        "inbound_deliveries",
+        "created_at < now() - interval '24 hours'",
     )
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected())
+    .await
 }
 
 /// The sealed inbound secret of `app`: `Ok(None)` when the app has none,

@@ -459,16 +459,15 @@ pub async fn skip_fan_out(
 
 /// Forgets the event counts of chains that enqueued nothing for `max_age`.
 pub async fn forget_chains(
-    db: impl sqlx::PgExecutor<'_>,
+    pool: &sqlx::PgPool,
     max_age: std::time::Duration,
 ) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "DELETE FROM trigger_chains WHERE last_event_at < now() - $1 * interval '1 millisecond'",
-    )
-    .bind(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX))
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected())
+    // A number of milliseconds this process chose, not user input.
+    let condition = format!(
+        "last_event_at < now() - {} * interval '1 millisecond'",
+        i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX)
+    );
+    super::delete_unlocked(pool, "trigger_chains", &condition).await
 }
 
 /// Events waiting per app (every app with at least one).

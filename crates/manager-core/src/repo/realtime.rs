@@ -42,20 +42,23 @@ fn seal_of(row: &sqlx::postgres::PgRow, prefix: &str) -> Result<Option<StoredSea
     })
 }
 
-/// The app's signing key row, if it has one.
+/// The app's signing key row, if it has one; with `lock`, locked until the
+/// transaction ends.
 pub async fn signing_key(
     db: impl sqlx::PgExecutor<'_>,
     app: Uuid,
+    lock: bool,
 ) -> Result<Option<SigningKeyRow>, sqlx::Error> {
-    let row = sqlx::query(
+    let locking = if lock { " FOR UPDATE" } else { "" };
+    let row = sqlx::query(&format!(
         "SELECT realtime_key, realtime_key_id, realtime_nonce, realtime_ciphertext, \
              CASE WHEN previous_until > now() THEN previous_key_id END AS previous_key_id, \
              CASE WHEN previous_until > now() THEN previous_nonce END AS previous_nonce, \
              CASE WHEN previous_until > now() THEN previous_ciphertext END AS previous_ciphertext, \
              CASE WHEN previous_until > now() \
                  THEN floor(extract(epoch FROM previous_until))::int8 END AS previous_until \
-         FROM app_secrets WHERE app_id = $1",
-    )
+         FROM app_secrets WHERE app_id = $1{locking}"
+    ))
     .bind(app)
     .fetch_optional(db)
     .await?;
@@ -209,22 +212,29 @@ pub async fn notify_stored(
     Ok(())
 }
 
-/// A stored message's text, if it is still kept.
+/// A stored message's text, if it is still kept and is `app`'s on `topic`.
 pub async fn stored_message(
     db: impl sqlx::PgExecutor<'_>,
     row: i64,
+    app: Uuid,
+    topic: &str,
 ) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT message FROM realtime_messages WHERE id = $1")
-        .bind(row)
-        .fetch_optional(db)
-        .await
+    sqlx::query_scalar(
+        "SELECT message FROM realtime_messages WHERE id = $1 AND app_id = $2 AND topic = $3",
+    )
+    .bind(row)
+    .bind(app)
+    .bind(topic)
+    .fetch_optional(db)
+    .await
 }
 
 /// Forgets stored messages older than a minute.
-pub async fn forget_old_messages(db: impl sqlx::PgExecutor<'_>) -> Result<u64, sqlx::Error> {
-    let done =
-        sqlx::query("DELETE FROM realtime_messages WHERE created_at < now() - interval '1 minute'")
-            .execute(db)
-            .await?;
-    Ok(done.rows_affected())
+pub async fn forget_old_messages(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    super::delete_unlocked(
+        pool,
+        "realtime_messages",
+        "created_at < now() - interval '1 minute'",
+    )
+    .await
 }

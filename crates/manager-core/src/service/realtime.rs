@@ -97,7 +97,7 @@ impl RealtimeServiceImpl {
     /// The app's keys that verify tokens. With `create`, a first key is made
     /// when the app has none; `NotFound` when there is no such app.
     async fn keys(&self, app: AppId, create: bool) -> Result<AppKeys, ManagerError> {
-        let mut row = repo::realtime::signing_key(&self.pool, app.0).await?;
+        let mut row = repo::realtime::signing_key(&self.pool, app.0, false).await?;
         let has_key = row
             .as_ref()
             .is_some_and(|r| r.sealed.is_some() || r.plaintext.is_some());
@@ -107,17 +107,24 @@ impl RealtimeServiceImpl {
             let sealed = self.seal(&key, app)?;
             repo::realtime::create_signing_key(&self.pool, app.0, &sealed).await?;
             // Another first use may have won: read what is stored.
-            row = repo::realtime::signing_key(&self.pool, app.0).await?;
+            row = repo::realtime::signing_key(&self.pool, app.0, false).await?;
         }
-        let Some(row) = row else {
-            if create {
-                return Err(ManagerError::NotFound("app"));
-            }
-            return Ok(AppKeys {
+        match row {
+            Some(row) => self.decode(app, &row),
+            None if create => Err(ManagerError::NotFound("app")),
+            None => Ok(AppKeys {
                 keys: Vec::new(),
                 previous_until: None,
-            });
-        };
+            }),
+        }
+    }
+
+    /// The keys a stored row holds.
+    fn decode(
+        &self,
+        app: AppId,
+        row: &repo::realtime::SigningKeyRow,
+    ) -> Result<AppKeys, ManagerError> {
         let mut keys = Vec::new();
         let current = decode_signing_key(
             StoredSigningKey {
@@ -202,7 +209,15 @@ impl RealtimeServiceImpl {
     /// streams they opened when it is over (those of a key rotated out
     /// before it: at once).
     pub async fn rotate(&self, app: AppId) -> Result<(), ManagerError> {
-        let keys = self.keys(app, true).await?;
+        // A first key, when the app has none yet.
+        self.keys(app, true).await?;
+        // The row stays locked until the new key is stored: of two rotations
+        // at once, the second retires the first's key (not the same one twice).
+        let mut tx = self.pool.begin().await?;
+        let row = repo::realtime::signing_key(&mut *tx, app.0, true)
+            .await?
+            .ok_or(ManagerError::NotFound("app"))?;
+        let keys = self.decode(app, &row)?;
         let current = keys
             .keys
             .first()
@@ -211,7 +226,7 @@ impl RealtimeServiceImpl {
         rand::rngs::OsRng.fill_bytes(&mut next);
         let grace = i64::try_from(self.grace_secs).unwrap_or(i64::MAX);
         let rotated = repo::realtime::rotate_signing_key(
-            &self.pool,
+            &mut *tx,
             app.0,
             &self.seal(&next, app)?,
             &self.seal(current, app)?,
@@ -221,7 +236,9 @@ impl RealtimeServiceImpl {
         if !rotated {
             return Err(ManagerError::NotFound("app"));
         }
-        repo::realtime::notify_keys_changed(&self.pool, app.0).await?;
+        // Sent when the transaction commits.
+        repo::realtime::notify_keys_changed(&mut *tx, app.0).await?;
+        tx.commit().await?;
         Ok(())
     }
 
