@@ -18,15 +18,14 @@ use picloud_shared::{
 use serde::Deserialize;
 use sqlx::PgPool;
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, PoisonError,
     },
     time::Duration,
 };
-use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 /// Messages one subscriber may have waiting before it is disconnected.
@@ -95,14 +94,101 @@ pub struct RealtimeMessage {
 struct Subscriber {
     id: u64,
     topics: Arc<[String]>,
-    sender: mpsc::Sender<Arc<RealtimeMessage>>,
-    /// Bytes of `data` sent and not yet received.
-    queued_bytes: Arc<AtomicUsize>,
+    mailbox: Arc<Mailbox>,
     /// The key that verified its token, and the token's expiry.
     key: KeyFingerprint,
     exp: i64,
-    /// Until when (Unix seconds) its stream may stay open; only ever lowered.
-    open_until: watch::Sender<i64>,
+}
+
+/// A subscriber's waiting messages and until when its stream may stay open:
+/// the hub fills it, the stream drains it, and either can close it.
+struct Mailbox {
+    state: Mutex<MailboxState>,
+    wake: tokio::sync::Notify,
+}
+
+struct MailboxState {
+    messages: VecDeque<Arc<RealtimeMessage>>,
+    /// Bytes of the waiting messages' `data`.
+    bytes: usize,
+    /// Over: what waited was dropped and nothing more comes.
+    closed: bool,
+    /// Unix seconds; only ever lowered.
+    open_until: i64,
+}
+
+/// What became of a message handed to a mailbox.
+enum Posted {
+    Queued,
+    /// The subscriber was too far behind: its mailbox is closed now.
+    TooSlow,
+    Closed,
+}
+
+impl Mailbox {
+    fn new(open_until: i64) -> Self {
+        Self {
+            state: Mutex::new(MailboxState {
+                messages: VecDeque::new(),
+                bytes: 0,
+                closed: false,
+                open_until,
+            }),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `message`, unless the subscriber is [`SUBSCRIBER_BUFFER`]
+    /// messages or [`SUBSCRIBER_BUFFER_BYTES`] behind: then it is closed.
+    fn post(&self, message: &Arc<RealtimeMessage>) -> Posted {
+        let size = message.data.len();
+        let mut state = self.lock();
+        if state.closed {
+            return Posted::Closed;
+        }
+        let full = state.messages.len() >= SUBSCRIBER_BUFFER
+            || (state.bytes > 0 && state.bytes.saturating_add(size) > SUBSCRIBER_BUFFER_BYTES);
+        let posted = if full {
+            state.close();
+            Posted::TooSlow
+        } else {
+            state.messages.push_back(message.clone());
+            state.bytes += size;
+            Posted::Queued
+        };
+        drop(state);
+        self.wake.notify_one();
+        posted
+    }
+
+    /// Ends the stream now, dropping what waits (the memory goes at once,
+    /// whatever the client's connection does).
+    fn close(&self) {
+        self.lock().close();
+        self.wake.notify_one();
+    }
+
+    /// Ends the stream at `until` (Unix seconds) if that is sooner.
+    fn end_by(&self, until: i64) {
+        let mut state = self.lock();
+        if until < state.open_until {
+            state.open_until = until;
+            drop(state);
+            self.wake.notify_one();
+        }
+    }
+}
+
+impl MailboxState {
+    fn close(&mut self) {
+        self.closed = true;
+        self.messages = VecDeque::new();
+        self.bytes = 0;
+    }
 }
 
 /// What the hub's lock guards.
@@ -138,12 +224,8 @@ struct HubInner {
 /// A subscription: messages arrive from [`Subscription::recv`]; dropping it
 /// unsubscribes.
 pub struct Subscription {
-    messages: mpsc::Receiver<Arc<RealtimeMessage>>,
-    queued_bytes: Arc<AtomicUsize>,
-    open_until: watch::Receiver<i64>,
-    /// Whether the hub still holds the sender of `open_until`.
-    watching: bool,
-    /// Fires at `open_until`; `deadline` is what it is set for.
+    mailbox: Arc<Mailbox>,
+    /// Fires at the mailbox's `open_until`; `deadline` is what it is set for.
     timer: Pin<Box<tokio::time::Sleep>>,
     deadline: i64,
     _registration: Registration,
@@ -151,31 +233,35 @@ pub struct Subscription {
 
 impl Subscription {
     /// The next message; `None` once the stream is over: its token expired,
-    /// its key was rotated out, or the hub dropped it (too slow, shutting
-    /// down) and what was buffered has been read.
+    /// its key was rotated out, it fell too far behind, or the server is
+    /// shutting down.
     pub async fn recv(&mut self) -> Option<Arc<RealtimeMessage>> {
         loop {
-            let until = *self.open_until.borrow_and_update();
-            // Checked here too: a timer set for now fires a tick later, and a
-            // waiting message must not slip out of a stream that is over.
-            if until.saturating_mul(1000) <= chrono::Utc::now().timestamp_millis() {
-                return None;
-            }
+            let until = {
+                let mut state = self.mailbox.lock();
+                // Checked here, not by the timer alone: a timer set for now
+                // fires a tick later, and nothing may slip out of a stream
+                // that is over.
+                let over =
+                    state.open_until.saturating_mul(1000) <= chrono::Utc::now().timestamp_millis();
+                if state.closed || over {
+                    return None;
+                }
+                if let Some(message) = state.messages.pop_front() {
+                    state.bytes -= message.data.len();
+                    return Some(message);
+                }
+                state.open_until
+            };
             if until != self.deadline {
                 self.deadline = until;
                 self.timer.as_mut().reset(instant_at(until));
             }
+            // A post between the check above and this wait leaves a permit.
             tokio::select! {
                 biased;
-                changed = self.open_until.changed(), if self.watching => {
-                    self.watching = changed.is_ok();
-                }
+                () = self.mailbox.wake.notified() => {}
                 () = self.timer.as_mut() => return None,
-                message = self.messages.recv() => {
-                    let message = message?;
-                    self.queued_bytes.fetch_sub(message.data.len(), Ordering::Relaxed);
-                    return Some(message);
-                }
             }
         }
     }
@@ -188,9 +274,7 @@ fn instant_at(at: i64) -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_millis(left_ms.unsigned_abs())
 }
 
-/// Ends its stream's hold on the hub when dropped. It holds no sender: the
-/// hub's maps hold the only one, so a subscriber the hub drops (too slow)
-/// sees its stream end.
+/// Ends its stream's hold on the hub when dropped.
 struct Registration {
     hub: Hub,
     id: u64,
@@ -251,6 +335,9 @@ impl Hub {
     pub fn close_all(&self) {
         let mut state = self.lock();
         let receiving: usize = state.by_app.values().map(HashMap::len).sum();
+        for subscriber in state.by_app.values().flat_map(HashMap::values) {
+            subscriber.mailbox.close();
+        }
         state.by_topic.clear();
         state.by_app.clear();
         self.inner
@@ -281,18 +368,14 @@ impl Hub {
         topics.sort_unstable();
         topics.dedup();
         let topics: Arc<[String]> = topics.into();
-        let (sender, messages) = mpsc::channel(SUBSCRIBER_BUFFER);
-        let (open_until_sender, open_until) = watch::channel(authorized.open_until);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let mailbox = Arc::new(Mailbox::new(authorized.open_until));
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let subscriber = Arc::new(Subscriber {
             id,
             topics: topics.clone(),
-            sender,
-            queued_bytes: queued_bytes.clone(),
+            mailbox: mailbox.clone(),
             key: authorized.key,
             exp: authorized.claims.exp,
-            open_until: open_until_sender,
         });
         let limits = self.inner.limits;
         let mut state = self.lock();
@@ -323,10 +406,7 @@ impl Hub {
         drop(state);
         self.inner.metrics.realtime_subscribers.inc();
         Ok(Subscription {
-            messages,
-            queued_bytes,
-            open_until,
-            watching: true,
+            mailbox,
             timer: Box::pin(tokio::time::sleep_until(instant_at(authorized.open_until))),
             deadline: authorized.open_until,
             _registration: Registration {
@@ -339,8 +419,8 @@ impl Hub {
         })
     }
 
-    /// Stops delivering to subscriber `id` of `app` (its stream ends once it
-    /// has read what is buffered); whether it was still receiving.
+    /// Stops delivering to subscriber `id` of `app`; whether it was still
+    /// receiving.
     fn remove(&self, state: &mut HubState, id: u64, app: Uuid, topics: &[String]) -> bool {
         for topic in topics {
             let key = (app, topic.clone());
@@ -372,17 +452,12 @@ impl Hub {
         };
         let mut retired = Vec::new();
         for subscriber in subscribers.values() {
-            let until = keys.open_until(subscriber.key, subscriber.exp, now);
-            let until = until.unwrap_or(0);
-            subscriber.open_until.send_if_modified(|open_until| {
-                let lower = until < *open_until;
-                if lower {
-                    *open_until = until;
+            match keys.open_until(subscriber.key, subscriber.exp, now) {
+                Some(until) => subscriber.mailbox.end_by(until),
+                None => {
+                    subscriber.mailbox.close();
+                    retired.push(subscriber.clone());
                 }
-                lower
-            });
-            if until <= now {
-                retired.push(subscriber.clone());
             }
         }
         for subscriber in retired {
@@ -398,11 +473,10 @@ impl Hub {
     }
 
     /// Hands `message` to every subscriber of its topic in `app`, without
-    /// waiting; a subscriber whose buffer is full (by messages or by bytes)
-    /// is disconnected.
+    /// waiting; a subscriber too far behind (by messages or by bytes) is
+    /// disconnected.
     pub fn deliver(&self, app: Uuid, message: RealtimeMessage) {
         let message = Arc::new(message);
-        let size = message.data.len();
         let mut state = self.lock();
         let Some(subscribers) = state.by_topic.get(&(app, message.topic.clone())) else {
             return;
@@ -410,24 +484,13 @@ impl Hub {
         let mut delivered = 0u64;
         let mut gone = Vec::new();
         for subscriber in subscribers {
-            let queued = subscriber.queued_bytes.load(Ordering::Relaxed);
-            if queued > 0 && queued.saturating_add(size) > SUBSCRIBER_BUFFER_BYTES {
-                // Behind by too many bytes: as slow as a full buffer.
-                self.inner.metrics.realtime_slow_disconnects.inc();
-                gone.push(subscriber.clone());
-                continue;
-            }
-            // Counted before it can be received (and subtracted).
-            subscriber.queued_bytes.fetch_add(size, Ordering::Relaxed);
-            match subscriber.sender.try_send(message.clone()) {
-                Ok(()) => delivered += 1,
-                Err(refused) => {
-                    subscriber.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-                    if let mpsc::error::TrySendError::Full(_) = refused {
-                        self.inner.metrics.realtime_slow_disconnects.inc();
-                    }
+            match subscriber.mailbox.post(&message) {
+                Posted::Queued => delivered += 1,
+                Posted::TooSlow => {
+                    self.inner.metrics.realtime_slow_disconnects.inc();
                     gone.push(subscriber.clone());
                 }
+                Posted::Closed => gone.push(subscriber.clone()),
             }
         }
         for subscriber in gone {
@@ -619,39 +682,33 @@ mod tests {
         for n in 0..SUBSCRIBER_BUFFER * 2 {
             hub.deliver(app, message("t", n));
             assert_eq!(reader.recv().await.unwrap().id, n.to_string());
+            // Cut off at the first message past its buffer, not before.
+            let cut = u64::from(n >= SUBSCRIBER_BUFFER);
+            assert_eq!(metrics.realtime_slow_disconnects.get(), cut, "after {n}");
         }
-        assert_eq!(metrics.realtime_slow_disconnects.get(), 1);
         assert_eq!(metrics.realtime_subscribers.get(), 2);
         // Gone from its other topic too; that topic's subscribers still get theirs.
         hub.deliver(app, message("u", 0));
         assert_eq!(other_topic.recv().await.unwrap().topic, "u");
+        // Its stream ends at once, and what waited for it is freed.
+        assert!(stalled.mailbox.lock().messages.is_empty());
         let mut stalled = stalled;
-        let mut buffered = 0;
-        // Its stream ends (a hang here: the hub's removal left a sender alive).
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while stalled.recv().await.is_some() {
-                buffered += 1;
-            }
-        })
-        .await
-        .expect("the disconnected subscriber's stream ends");
-        assert_eq!(
-            buffered, SUBSCRIBER_BUFFER,
-            "it reads what was buffered, then ends"
-        );
+        assert!(stalled.recv().await.is_none());
         drop(stalled);
         drop(reader);
         assert_eq!(metrics.realtime_subscribers.get(), 1);
-        // At shutdown every stream ends.
+        // At shutdown every stream ends at once, even with messages waiting
+        // (a client that does not read must not hold the shutdown up).
         let mut open_one = open(&hub, app, &["v", "v"], "d");
+        hub.deliver(app, message("v", 0));
         hub.close_all();
         assert!(open_one.recv().await.is_none());
         assert!(other_topic.recv().await.is_none());
         assert_eq!(metrics.realtime_subscribers.get(), 0);
         // Another app's subscribers never see this app's messages.
-        let mut elsewhere = open(&hub, Uuid::new_v4(), &["u"], "e");
+        let elsewhere = open(&hub, Uuid::new_v4(), &["u"], "e");
         hub.deliver(app, message("u", 1));
-        assert!(elsewhere.messages.try_recv().is_err());
+        assert!(elsewhere.mailbox.lock().messages.is_empty());
     }
 
     #[tokio::test]
@@ -666,18 +723,17 @@ mod tests {
             topic: "t".into(),
             data: "x".repeat(1 << 20),
         };
-        // Far fewer messages than the buffer holds, but 1 MiB each.
+        // Far fewer messages than the buffer holds, but 1 MiB each: cut off
+        // at the first one past 8 MiB, not before.
         let fit = SUBSCRIBER_BUFFER_BYTES / (1 << 20);
         for n in 0..fit + 2 {
             hub.deliver(app, big(n));
             assert_eq!(reader.recv().await.unwrap().id, n.to_string());
+            let cut = u64::from(n >= fit);
+            assert_eq!(metrics.realtime_slow_disconnects.get(), cut, "after {n}");
         }
-        assert_eq!(metrics.realtime_slow_disconnects.get(), 1);
-        let mut buffered = 0;
-        while stalled.recv().await.is_some() {
-            buffered += 1;
-        }
-        assert_eq!(buffered, fit);
+        assert_eq!(stalled.mailbox.lock().bytes, 0, "its 8 MiB were freed");
+        assert!(stalled.recv().await.is_none());
         // One message larger than the whole budget still reaches a reader.
         hub.deliver(
             app,
