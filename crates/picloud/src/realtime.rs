@@ -78,6 +78,8 @@ pub enum StreamRefusal {
     /// The app's keys changed after the token was checked: check it again.
     #[error("the app's signing keys changed while the token was checked")]
     KeysChanged,
+    #[error("the server is shutting down")]
+    ShuttingDown,
 }
 
 /// One message as subscribers receive it.
@@ -204,6 +206,8 @@ struct HubState {
     streams: usize,
     /// How many times each app's key changes were applied here.
     key_changes: HashMap<Uuid, u64>,
+    /// Set by [`Hub::close_all`]: no stream opens after it.
+    closed: bool,
 }
 
 /// The subscribers of this process, by app and topic.
@@ -330,10 +334,12 @@ impl Hub {
         self.inner.listening.load(Ordering::Relaxed)
     }
 
-    /// Ends every subscription (at shutdown: an event stream never ends by
-    /// itself, and graceful shutdown waits for responses to end).
+    /// Ends every subscription and refuses new ones (at shutdown: an event
+    /// stream never ends by itself, and graceful shutdown waits for responses
+    /// to end).
     pub fn close_all(&self) {
         let mut state = self.lock();
+        state.closed = true;
         let receiving: usize = state.by_app.values().map(HashMap::len).sum();
         for subscriber in state.by_app.values().flat_map(HashMap::values) {
             subscriber.mailbox.close();
@@ -379,6 +385,10 @@ impl Hub {
         });
         let limits = self.inner.limits;
         let mut state = self.lock();
+        // A request that was under way when shutdown began.
+        if state.closed {
+            return Err(StreamRefusal::ShuttingDown);
+        }
         // A key change applied since the token was checked may have retired its key.
         if state.key_changes.get(&app).copied().unwrap_or(0) != key_changes {
             return Err(StreamRefusal::KeysChanged);
@@ -705,7 +715,14 @@ mod tests {
         assert!(open_one.recv().await.is_none());
         assert!(other_topic.recv().await.is_none());
         assert_eq!(metrics.realtime_subscribers.get(), 0);
+        // A subscribe that was under way opens nothing after that.
+        assert_eq!(
+            hub.subscribe(app, vec!["t".into()], "late", &verified(app, 1, 60), 0)
+                .err(),
+            Some(StreamRefusal::ShuttingDown)
+        );
         // Another app's subscribers never see this app's messages.
+        let hub = Hub::new(metrics.clone(), StreamLimits::default());
         let elsewhere = open(&hub, Uuid::new_v4(), &["u"], "e");
         hub.deliver(app, message("u", 1));
         assert!(elsewhere.mailbox.lock().messages.is_empty());

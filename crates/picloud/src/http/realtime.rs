@@ -49,7 +49,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
         (status = 403, description = "`forbidden`: a token of another app, or without a requested topic", body = ErrorBody),
         (status = 404, description = "`not_found`: no such app", body = ErrorBody),
         (status = 429, description = "`rate_limited`: the token (16), the app (half the connection maximum) or this server (three quarters of it) holds as many streams as it may", body = ErrorBody),
-        (status = 503, description = "`unavailable`: the app's signing keys are being changed, or cannot be read", body = ErrorBody)))]
+        (status = 503, description = "`unavailable`: the app's signing keys are being changed or cannot be read, or the server is shutting down", body = ErrorBody)))]
 async fn subscribe(
     State(st): State<AppState>,
     ApiPath(app_id): ApiPath<Uuid>,
@@ -108,6 +108,9 @@ async fn open_stream(
         {
             Ok(subscription) => return Ok(subscription),
             Err(StreamRefusal::KeysChanged) => continue,
+            Err(StreamRefusal::ShuttingDown) => {
+                return Err(ApiError::Unavailable("the server is shutting down".into()))
+            }
             Err(
                 full @ (StreamRefusal::TokenFull
                 | StreamRefusal::AppFull
