@@ -269,6 +269,11 @@ async fn bad_tokens_are_refused_with_their_status(pool: PgPool) {
     assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
     let (status, body) = refused(subscribe(&router, &app, "a..b", Some(&token), false).await);
     assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    // At most 64 topics in a subscription (and in a token, below).
+    let sixty_five: Vec<String> = (0..65).map(|n| format!("t{n}")).collect();
+    let (status, body) =
+        refused(subscribe(&router, &app, &sixty_five.join(","), Some(&token), false).await);
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
     let missing = uuid::Uuid::new_v4().to_string();
     let (status, body) = refused(subscribe(&router, &missing, "orders", Some(&token), false).await);
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
@@ -278,6 +283,7 @@ async fn bad_tokens_are_refused_with_their_status(pool: PgPool) {
         json!({"topics": ["a"], "ttl_secs": 0}),
         json!({"topics": ["a"], "ttl_secs": 604801}),
         json!({"topics": ["a..b"], "ttl_secs": 60}),
+        json!({"topics": sixty_five, "ttl_secs": 60}),
     ] {
         let (status, body) = t
             .admin(
@@ -413,6 +419,26 @@ async fn two_rotations_at_once_retire_two_keys(pool: PgPool) {
         };
         assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
     }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_quiet_stream_carries_keep_alive_comments(pool: PgPool) {
+    let keyring = test_keyring();
+    let (router, _state) = server(&pool, keyring.clone()).await;
+    let t = TestApp::with_keyring(pool.clone(), test_config(), keyring).await;
+    let app = app_with_publisher(&t).await;
+    let token = mint(&t, &app, &["quiet"], 600).await;
+    let mut events = subscribe(&router, &app, "quiet", Some(&token), false)
+        .await
+        .unwrap();
+    // Every 15 s: a comment line, which EventSource ignores and proxies see as traffic.
+    let chunk = tokio::time::timeout(Duration::from_secs(40), events.body.next())
+        .await
+        .expect("a keep-alive within 40 s")
+        .expect("the stream is open")
+        .expect("the stream reads");
+    let text = String::from_utf8_lossy(&chunk);
+    assert!(text.starts_with(':'), "{text:?}");
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -745,6 +771,41 @@ async fn a_listener_that_loses_its_connection_reconnects_and_says_so(pool: PgPoo
         serde_json::from_str::<Value>(&data).unwrap(),
         json!({"after": "reconnect"})
     );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_listener_back_from_a_lost_connection_applies_the_rotations_it_missed(pool: PgPool) {
+    let keyring = test_keyring();
+    let (router, state) = server(&pool, keyring.clone()).await;
+    let t = TestApp::with_keyring(pool.clone(), test_config(), keyring.clone()).await;
+    let app = app_with_publisher(&t).await;
+    let token = mint(&t, &app, &["orders"], 600).await;
+    let events = subscribe(&router, &app, "orders", Some(&token), false)
+        .await
+        .unwrap();
+    // A rotation whose notification this process never gets (as while its
+    // listener is away): the token's key retired, no grace.
+    let app_id = picloud_shared::ids::AppId(uuid::Uuid::parse_str(&app).unwrap());
+    let aad = picloud_shared::crypto::Aad::Realtime { app_id };
+    let retired = keyring.seal(&[1u8; 32], &aad).unwrap();
+    let current = keyring.seal(&[2u8; 32], &aad).unwrap();
+    assert!(picloud_manager_core::repo::realtime::rotate_signing_key(
+        &pool, app_id.0, &current, &retired, 0
+    )
+    .await
+    .unwrap());
+    let open_streams = state.metrics.realtime_subscribers.get();
+    assert_eq!(open_streams, 1, "the stream is still open");
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(killed, [true], "one listening connection");
+    // Back, the listener re-reads the keys of every app with streams here.
+    assert_eq!(events.count_until_end().await, 0);
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
