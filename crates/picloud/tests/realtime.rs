@@ -866,7 +866,7 @@ async fn a_script_mints_tokens_and_first_uses_at_once_agree_on_one_key(pool: PgP
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn streams_end_with_their_token_and_carry_any_message_once(pool: PgPool) {
     let keyring = test_keyring();
-    let (router, _state) = server(&pool, keyring.clone()).await;
+    let (router, state) = server(&pool, keyring.clone()).await;
     let t = TestApp::with_keyring(pool.clone(), test_config(), keyring).await;
     let app = app_with_publisher(&t).await;
     let token = mint(&t, &app, &["orders"], 600).await;
@@ -909,4 +909,16 @@ async fn streams_end_with_their_token_and_carry_any_message_once(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(ending.count_until_end().await, 0);
+    // At shutdown the stream ends, and a subscribe that arrives then is a 503.
+    state.hub.close_all();
+    assert_eq!(events.count_until_end().await, 0);
+    let Err((status, body)) = subscribe(&router, &app, "orders", Some(&token), false).await else {
+        panic!("a stream opened after shutdown began");
+    };
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
 }
