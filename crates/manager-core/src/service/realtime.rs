@@ -102,8 +102,7 @@ impl RealtimeServiceImpl {
             .as_ref()
             .is_some_and(|r| r.sealed.is_some() || r.plaintext.is_some());
         if !has_key && create {
-            let mut key = Zeroizing::new(vec![0u8; SIGNING_KEY_BYTES]);
-            rand::rngs::OsRng.fill_bytes(&mut key);
+            let key = new_signing_key();
             let sealed = self.seal(&key, app)?;
             repo::realtime::create_signing_key(&self.pool, app.0, &sealed).await?;
             // Another first use may have won: read what is stored.
@@ -222,8 +221,7 @@ impl RealtimeServiceImpl {
             .keys
             .first()
             .ok_or_else(|| ManagerError::Unavailable("the app has no signing key".into()))?;
-        let mut next = Zeroizing::new(vec![0u8; SIGNING_KEY_BYTES]);
-        rand::rngs::OsRng.fill_bytes(&mut next);
+        let next = new_signing_key();
         let grace = i64::try_from(self.grace_secs).unwrap_or(i64::MAX);
         let rotated = repo::realtime::rotate_signing_key(
             &mut *tx,
@@ -297,8 +295,7 @@ impl RealtimeServiceImpl {
                     // Too weak to keep signing with: a fresh key instead (its
                     // tokens stop verifying, which is the point).
                     tracing::warn!(%app, "a plaintext realtime signing key shorter than 32 bytes was replaced; its tokens no longer verify");
-                    key = Zeroizing::new(vec![0u8; SIGNING_KEY_BYTES]);
-                    rand::rngs::OsRng.fill_bytes(&mut key);
+                    key = new_signing_key();
                 }
                 let sealed = self.seal(&key, AppId(app))?;
                 repo::realtime::seal_plaintext(&mut tx, app, &sealed).await?;
@@ -337,6 +334,13 @@ pub async fn publish(
         repo::realtime::notify_stored(pool, app.0, topic, &id, &text).await?;
     }
     Ok(())
+}
+
+/// A fresh random signing key.
+fn new_signing_key() -> Zeroizing<Vec<u8>> {
+    let mut key = Zeroizing::new(vec![0u8; SIGNING_KEY_BYTES]);
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    key
 }
 
 /// A sealed value as stored, as the keyring takes it.

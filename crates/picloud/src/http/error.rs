@@ -62,12 +62,12 @@ pub enum ApiError {
     /// Every script worker is busy: 503 with `Retry-After`.
     #[error("{0}")]
     Busy(String),
-    /// Over a rate limit: 429 with `Retry-After: retry_after`.
-    #[error("too many requests to this URL; retry after {retry_after} seconds")]
-    RateLimited { retry_after: u64 },
-    /// Too many open event streams (429 with `Retry-After: 5`); says which limit.
-    #[error("{0}")]
-    TooManyStreams(String),
+    /// Over a limit: 429 with `Retry-After: retry_after`; `limit` says which.
+    #[error("{limit}; retry after {retry_after} seconds")]
+    RateLimited {
+        limit: std::borrow::Cow<'static, str>,
+        retry_after: u64,
+    },
     #[error("internal error")]
     Internal,
 }
@@ -140,9 +140,7 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
             }
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
-            ApiError::RateLimited { .. } | ApiError::TooManyStreams(_) => {
-                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited)
-            }
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
         }
     }
 
@@ -185,15 +183,10 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static(RETRY_AFTER_SECS),
             );
         }
-        let retry_after = match self {
-            ApiError::RateLimited { retry_after } => Some(retry_after.max(1)),
-            ApiError::TooManyStreams(_) => Some(5),
-            _ => None,
-        };
-        if let Some(retry_after) = retry_after {
+        if let ApiError::RateLimited { retry_after, .. } = self {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(retry_after),
+                axum::http::HeaderValue::from(retry_after.max(1)),
             );
         }
         response

@@ -86,6 +86,7 @@ impl InboundLimiter {
         self.limiter.check_key(&key).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             ApiError::RateLimited {
+                limit: "too many requests to this URL".into(),
                 retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
             }
         })
@@ -317,7 +318,13 @@ mod tests {
         for (error, result) in [
             (ApiError::Unauthorized("x"), "unauthorized"),
             (ApiError::body_too_large(1), "too_large"),
-            (ApiError::RateLimited { retry_after: 1 }, "rate_limited"),
+            (
+                ApiError::RateLimited {
+                    limit: "too many requests to this URL".into(),
+                    retry_after: 1,
+                },
+                "rate_limited",
+            ),
             (ApiError::NotFound("email trigger"), "not_found"),
             (ApiError::BadRequest("x".into()), "malformed"),
             (ApiError::Timeout("x".into()), "malformed"),

@@ -116,7 +116,10 @@ async fn open_stream(
                 | StreamRefusal::AppFull
                 | StreamRefusal::ServerFull),
             ) => {
-                return Err(ApiError::TooManyStreams(full.to_string()));
+                return Err(ApiError::RateLimited {
+                    limit: full.to_string().into(),
+                    retry_after: 5,
+                })
             }
         }
     }
