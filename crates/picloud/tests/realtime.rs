@@ -710,69 +710,6 @@ async fn a_subscriber_that_never_reads_is_disconnected_while_another_gets_everyt
     drop(reader);
 }
 
-/// Log lines written while it is the thread's subscriber.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn a_listener_that_loses_its_connection_reconnects_and_says_so(pool: PgPool) {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    // The runtime has one thread: the listener task logs through this subscriber.
-    let _logging = tracing::subscriber::set_default(subscriber);
-    let keyring = test_keyring();
-    let (router, _state) = server(&pool, keyring.clone()).await;
-    let t = TestApp::with_keyring(pool.clone(), test_config(), keyring).await;
-    let app = app_with_publisher(&t).await;
-    let token = mint(&t, &app, &["orders"], 600).await;
-    let mut events = subscribe(&router, &app, "orders", Some(&token), false)
-        .await
-        .unwrap();
-    let killed: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert_eq!(killed, [true], "one listening connection");
-    eventually("the listener to reconnect", Duration::from_secs(30), || {
-        let text = logs.text();
-        async move {
-            text.contains("the realtime listener is connected again")
-                .then_some(())
-        }
-    })
-    .await;
-    assert!(logs.text().contains("reconnecting"), "{}", logs.text());
-    publish(&router, &app, "orders", json!({"after": "reconnect"})).await;
-    let (_, data, _) = events.next().await;
-    assert_eq!(
-        serde_json::from_str::<Value>(&data).unwrap(),
-        json!({"after": "reconnect"})
-    );
-}
-
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_listener_back_from_a_lost_connection_applies_the_rotations_it_missed(pool: PgPool) {
     let keyring = test_keyring();

@@ -1,6 +1,7 @@
 //! Realtime through the real binary: two processes on one database, a
 //! subscriber on one and the publisher on the other; a 100 KB message
-//! arrives whole; the token sent in the query string reaches no log.
+//! arrives whole; a listener that loses its connection reconnects and says
+//! so in the log; the token sent in the query string reaches no log.
 
 mod process;
 
@@ -138,6 +139,45 @@ fn a_publish_on_one_process_reaches_a_subscriber_on_another() {
         }
     };
     assert_eq!(json(&arrived)["text"].as_str().unwrap(), large);
+    // The listening connections are lost: each process reconnects, says so,
+    // and delivers again.
+    let killed = sql(
+        &url,
+        "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%picloud_realtime%'",
+    );
+    assert_eq!(
+        killed,
+        ["true", "true"],
+        "one realtime listener per process"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !b
+        .logs()
+        .contains("the realtime listener is connected again")
+    {
+        assert!(Instant::now() < deadline, "no reconnect in b's log");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        b.logs()
+            .contains("the realtime listener lost its database connection")
+            || b.logs().contains("the realtime listener failed"),
+        "b's log does not say the connection was lost"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        publish(a.port, &app, &serde_json::json!({"after": "reconnect"}));
+        if let Ok(data) = events.recv_timeout(Duration::from_millis(500)) {
+            if json(&data) == serde_json::json!({"after": "reconnect"}) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing arrived after reconnecting"
+        );
+    }
     for server in [&a, &b] {
         assert!(!server.logs().contains(&token), "the token reached a log");
         assert!(
